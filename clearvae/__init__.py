@@ -1,0 +1,7 @@
+"""clearvae: variational autoencoders that make images smaller, cleaner and new."""
+
+__version__ = "0.1.0"
+
+from clearvae.generate import load  # noqa: E402
+
+__all__ = ["__version__", "load"]

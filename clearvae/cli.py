@@ -1,0 +1,231 @@
+"""The ``clearvae`` command. Each sub-command parses arguments and calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from clearvae.errors import ClearvaeError, ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClearvaeError as exc:
+        print(f"clearvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clearvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clearvae", description=__doc__)
+    from clearvae import __version__
+
+    p.add_argument("--version", action="version", version=f"clearvae {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="train a small VAE on generated digits, write a PNG")
+    s.add_argument("--out", default="clearvae-demo", help="output folder (default %(default)s)")
+    s.add_argument("--steps", type=int, default=600, help="training steps (default %(default)s)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train", help="train a model from a YAML config and/or flags")
+    s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
+    s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
+                   "or synthetic-digits")
+    s.add_argument("--val", help="held-out data evaluated at the end")
+    s.add_argument("--out", help="output folder for checkpoints, logs and the model")
+    s.add_argument("--model", help="model family: dense or conv")
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--devices", type=int, help="number of devices / processes (DDP if > 1)")
+    s.add_argument("--accelerator", help="cpu, gpu, auto ...")
+    s.add_argument("--strategy", help="auto, ddp ...")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set model.latent_dim=16 --set objective.beta=4")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress bar (default: when the output is a terminal)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="ELBO, importance-weighted NLL, PSNR and SSIM as JSON")
+    s.add_argument("model", help="model file or checkpoint")
+    s.add_argument("--data", required=True, help="evaluation data (see train --data)")
+    s.add_argument("--split", default="test", help="split for MNIST folders (default test)")
+    s.add_argument("--iw-samples", type=int, default=1000, help="importance samples k (0: skip)")
+    s.add_argument("--limit", type=int, help="evaluate only the first N images")
+    s.add_argument("--batch-size", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", help="also write the JSON to this file")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="a PNG grid of samples from the model")
+    s.add_argument("model")
+    s.add_argument("-n", "--count", type=int, default=64)
+    s.add_argument("-t", "--temperature", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", help="HxW for models that take any size (default: training size)")
+    s.add_argument("-o", "--output", default="samples.png")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("reconstruct", help="originals above their reconstructions, as a PNG")
+    s.add_argument("model")
+    s.add_argument("images", nargs="*", help="image files (or use --data)")
+    s.add_argument("--data", help="take the first -n images of this dataset instead")
+    s.add_argument("-n", "--count", type=int, default=16)
+    s.add_argument("-o", "--output", default="reconstructions.png")
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("interpolate", help="a PNG strip between two images in latent space")
+    s.add_argument("model")
+    s.add_argument("a", help="image file, or an index into --data")
+    s.add_argument("b", help="image file, or an index into --data")
+    s.add_argument("--data", help="dataset that a and b index into")
+    s.add_argument("--steps", type=int, default=8)
+    s.add_argument("-o", "--output", default="interpolation.png")
+    s.set_defaults(func=cmd_interpolate)
+    return p
+
+
+def build_train_config(args: argparse.Namespace) -> Any:
+    """YAML (or the checkpoint's own config when resuming), then flags, then --set."""
+    import yaml
+
+    from clearvae.config import parse_override, set_nested
+    from clearvae.training import CHECKPOINT_NAME, TrainConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        try:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config '{args.config}': {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config '{args.config}' must be a mapping of keys to values")
+    elif args.resume and args.out:
+        from clearvae.checkpoint import load_file
+
+        loaded = load_file(Path(args.out) / CHECKPOINT_NAME, expect="checkpoint")
+        data = json.loads(loaded.metadata["train_config"])
+    flags = {
+        "data.train": args.data, "data.val": args.val, "out": args.out, "model.kind": args.model,
+        "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+        "seed": args.seed, "devices": args.devices, "accelerator": args.accelerator,
+        "strategy": args.strategy,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            set_nested(data, key.split("."), value)
+    for text in args.set:
+        set_nested(data, *parse_override(text))
+    return TrainConfig.from_dict(data)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from clearvae.training import train
+
+    config = build_train_config(args)
+    train(config, resume=args.resume, progress=args.progress)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from clearvae.evaluate import evaluate_spec
+    from clearvae.files import atomic_write
+    from clearvae.generate import load
+
+    model = load(args.model)
+    result = evaluate_spec(model, args.data, split=args.split, limit=args.limit,
+                           batch_size=args.batch_size, iw_samples=args.iw_samples, seed=args.seed)
+    text = json.dumps({"model": args.model, **result}, indent=2)
+    print(text)
+    if args.output:
+        atomic_write(args.output, text.encode() + b"\n")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must look like HxW (e.g. 64x64), got {text!r}") from None
+    return h, w
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from clearvae.data import write_image
+    from clearvae.generate import load, sample_grid
+
+    model = load(args.model)
+    grid = sample_grid(model, args.count, args.temperature, args.seed, _size(args.size))
+    write_image(args.output, grid)
+    print(f"{args.count} samples (temperature {args.temperature}) written to {args.output}")
+
+
+def _read_inputs(model: Any, files: list[str], data: str | None, picks: list[int]) -> Any:
+    """Images from files, or the images at ``picks`` in dataset ``data``, as one batch."""
+    import torch
+
+    from clearvae.data import open_dataset, read_image
+    from clearvae.generate import to_tensor
+
+    c = model.config.image_channels
+    if data:
+        dataset = open_dataset(data, "test", mode="full", channels=c)
+        for i in picks:
+            if not 0 <= i < len(dataset):
+                raise ConfigError(f"index {i} is outside the {len(dataset)} images of '{data}'")
+        images = [dataset[i] for i in picks]
+    else:
+        images = [to_tensor(read_image(f, channels=c)) for f in files]
+    if len({tuple(x.shape) for x in images}) > 1:
+        raise ConfigError("the images have different sizes: give images of one size")
+    return torch.stack(images)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from clearvae.data import write_image
+    from clearvae.generate import load, reconstruction_grid
+
+    if bool(args.images) == bool(args.data):
+        raise ConfigError("give image files or --data (one of the two)")
+    model = load(args.model)
+    x = _read_inputs(model, args.images, args.data, list(range(args.count)))
+    write_image(args.output, reconstruction_grid(model, x))
+    print(f"{x.shape[0]} reconstructions written to {args.output}")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> None:
+    from clearvae.data import write_image
+    from clearvae.generate import interpolation_strip, load
+
+    model = load(args.model)
+    if args.data:
+        try:
+            picks = [int(args.a), int(args.b)]
+        except ValueError:
+            raise ConfigError("with --data, a and b are image indices (integers)") from None
+        x = _read_inputs(model, [], args.data, picks)
+    else:
+        x = _read_inputs(model, [args.a, args.b], None, [])
+    write_image(args.output, interpolation_strip(model, x[0], x[1], args.steps))
+    print(f"interpolation in {args.steps} steps written to {args.output}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from clearvae.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

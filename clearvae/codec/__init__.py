@@ -1,0 +1,31 @@
+"""Learned image compression: transforms (``networks``), entropy models that give likelihoods
+(``entropy_models``), the variable-rate hyperprior codec and its loss (``model``), and the
+integer entropy coder (``coder``, numpy and bytes only)."""
+
+from clearvae.codec.entropy_models import (
+    SCALES,
+    FactorizedPrior,
+    GaussianConditional,
+    round_around,
+    scale_from_index,
+)
+from clearvae.codec.model import (
+    CodecOutput,
+    HyperpriorCodec,
+    HyperpriorCodecConfig,
+    estimated_bits,
+    rd_loss,
+)
+from clearvae.codec.networks import (
+    GDN,
+    AnalysisTransform,
+    HyperAnalysis,
+    HyperSynthesis,
+    SynthesisTransform,
+)
+
+__all__ = [
+    "SCALES", "FactorizedPrior", "GaussianConditional", "round_around", "scale_from_index",
+    "CodecOutput", "HyperpriorCodec", "HyperpriorCodecConfig", "estimated_bits", "rd_loss",
+    "GDN", "AnalysisTransform", "HyperAnalysis", "HyperSynthesis", "SynthesisTransform",
+]

@@ -1,0 +1,130 @@
+"""Entropy coding of integer symbols with integer probability tables (numpy + constriction).
+
+This layer knows nothing of networks. A :class:`Tables` object holds T integer frequency
+tables; table t covers the symbols ``offsets[t] .. offsets[t] + lengths[t] - 1`` plus one
+*escape* entry for anything outside. Every symbol is coded with the table its ``index`` names,
+by rANS (constriction's ``AnsCoder``); escaped values follow in a plain varint byte stream.
+
+Because the tables are integers stored in the model file and the per-table probabilities are
+built from them with exact arithmetic, encoder and decoder see the very same probabilities on
+any machine: decoding depends on no floating-point network output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+
+from clearvae.errors import DataError
+
+_WORD = np.uint32
+
+
+@dataclass(frozen=True)
+class Tables:
+    """T integer frequency tables, padded to a common width (escape entry at ``lengths[t]``)."""
+
+    freqs: np.ndarray  # (T, L + 1) int64, zero beyond each table's length + 1
+    offsets: np.ndarray  # (T,) int64: the symbol value of entry 0
+    lengths: np.ndarray  # (T,) int64: number of regular (non-escape) entries
+
+    def __post_init__(self) -> None:
+        t = self.freqs.shape[0]
+        if self.offsets.shape != (t,) or self.lengths.shape != (t,):
+            raise ValueError("freqs, offsets and lengths disagree on the number of tables")
+        if (self.freqs < 0).any() or (self.lengths < 1).any():
+            raise ValueError("frequency tables must be non-negative with at least one entry")
+
+    @classmethod
+    def from_pmfs(cls, pmfs: list[np.ndarray], offsets: np.ndarray, precision: int = 16) -> Tables:
+        """Quantise float pmfs (without escape) to integer frequencies summing to 2**precision,
+        each entry and the escape at least 1 (so every value stays codable)."""
+        width = max(len(p) for p in pmfs) + 1
+        freqs = np.zeros((len(pmfs), width), np.int64)
+        total = 2**precision
+        for t, pmf in enumerate(pmfs):
+            pmf = np.clip(np.asarray(pmf, np.float64), 0, None)
+            tail = max(1.0 - pmf.sum(), 0.0)
+            f = np.maximum(np.round(np.append(pmf, tail) * (total - len(pmf) - 1)), 0) + 1
+            f = f.astype(np.int64)
+            f[np.argmax(f)] += total - f.sum()  # exact total, taken from the biggest entry
+            freqs[t, : len(f)] = f
+        lengths = np.array([len(p) for p in pmfs], np.int64)
+        return cls(freqs, np.asarray(offsets, np.int64), lengths)
+
+    def model(self, t: int) -> constriction.stream.model.Categorical:
+        n = int(self.lengths[t]) + 1
+        # Integers -> float64 exactly; constriction's quantisation of them is deterministic.
+        return constriction.stream.model.Categorical(self.freqs[t, :n].astype(np.float64),
+                                                     perfect=False)
+
+
+def encode(symbols: np.ndarray, index: np.ndarray, tables: Tables) -> tuple[bytes, bytes]:
+    """Code integer ``symbols`` with the tables named by ``index`` (same shape).
+
+    Returns (rANS stream, escape stream).
+    """
+    symbols = np.asarray(symbols, np.int64).reshape(-1)
+    index = np.asarray(index, np.int64).reshape(-1)
+    rel = symbols - tables.offsets[index]
+    escaped = (rel < 0) | (rel >= tables.lengths[index])
+    rel = np.where(escaped, tables.lengths[index], rel).astype(np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    used = np.unique(index)
+    for t in used[::-1]:  # a stack: encode groups in reverse so they decode in order
+        coder.encode_reverse(rel[index == t], tables.model(int(t)))
+    return coder.get_compressed().tobytes(), _varints(symbols[escaped])
+
+
+def decode(stream: bytes, escapes: bytes, index: np.ndarray, tables: Tables) -> np.ndarray:
+    """Inverse of :func:`encode`: the symbols, shaped like ``index``."""
+    flat = np.asarray(index, np.int64).reshape(-1)
+    if len(stream) % 4:
+        raise DataError("corrupt entropy-coded stream (length is not a whole number of words)")
+    words = np.frombuffer(stream, dtype=_WORD).copy()
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+    except Exception as exc:  # constriction rejects some invalid streams outright
+        raise DataError(f"corrupt entropy-coded stream: {exc}") from None
+    rel = np.empty(flat.shape, np.int64)
+    for t in np.unique(flat):
+        where = flat == t
+        rel[where] = coder.decode(tables.model(int(t)), int(where.sum()))
+    escaped = rel == tables.lengths[flat]
+    values = rel + tables.offsets[flat]
+    values[escaped] = _from_varints(escapes, int(escaped.sum()))
+    return values.reshape(np.shape(index))
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Zig-zag LEB128 varints."""
+    out = bytearray()
+    for v in values.tolist():
+        u = (v << 1) ^ (v >> 63)
+        while True:
+            byte, u = u & 0x7F, u >> 7
+            out.append(byte | (0x80 if u else 0))
+            if not u:
+                break
+    return bytes(out)
+
+
+def _from_varints(data: bytes, count: int) -> np.ndarray:
+    values, pos = [], 0
+    for _ in range(count):
+        u, shift = 0, 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise DataError("corrupt escape stream in the compressed file")
+            byte = data[pos]
+            pos += 1
+            u |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        values.append((u >> 1) ^ -(u & 1))
+    if pos != len(data):
+        raise DataError("corrupt escape stream in the compressed file (trailing bytes)")
+    return np.array(values, np.int64)

@@ -1,0 +1,303 @@
+"""Image files: read (8 and 16 bit) and write them, and serve folders of them as a dataset.
+
+Inside clearvae an image is a float32 tensor in [0, 1] of shape (C, H, W), C = 1 (gray) or 3
+(RGB). Files are decoded with Pillow; anything wrong with a file becomes a ``DataError`` that
+names it. A dataset item is asked for by ``index`` (centre crop) or ``(index, seed)`` (the
+seed places a random crop), so the same key gives the same tensor in every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import operator
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clearvae.errors import ClearvaeError, ConfigError, DataError
+from clearvae.files import atomic_write
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 2**28  # refuse larger images (decompression bombs, absurd headers)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as Pillow's "L" conversion
+Mode = Literal["crop", "resize", "full"]
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """Open ``path`` with Pillow; every failure inside the block becomes a DataError."""
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise DataError(f"cannot read image '{path}': {im.width}x{im.height} is more "
+                                f"than {MAX_PIXELS} pixels; shrink or tile it first")
+            yield im
+    except ClearvaeError:  # ours already speaks to the user
+        raise
+    except FileNotFoundError:
+        raise DataError(f"cannot read image '{path}': no such file") from None
+    except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, ...)
+        raise DataError(f"cannot read image '{path}': {e}; replace or remove the file") from e
+
+
+def _source_bits(im: Image.Image) -> int:
+    """Bits per channel stored in the file, from the decoder's raw mode (e.g. 'RGB;16B')."""
+    for tile in im.tile:
+        args = tile[3]
+        rawmode = args if isinstance(args, str) else next(iter(args or ()), "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return 16
+    return 8
+
+
+def _pixels(path: Path, im: Image.Image, bits: int) -> np.ndarray:
+    """The pixels of a loaded image as (H, W, C) uint8 or uint16, C = 1 or 3; alpha dropped."""
+    if im.mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)[..., None]
+    if im.mode == "I":  # 32-bit integers: accepted when they hold 8- or 16-bit values
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"cannot read image '{path}': its 32-bit pixels go beyond 16 bits; "
+                            "convert it to an 8- or 16-bit PNG")
+        deep = bits == 16 or (a.size and a.max() > 255)
+        return a.astype(np.uint16 if deep else np.uint8)[..., None]
+    if im.mode == "F":
+        raise DataError(f"cannot read image '{path}': floating-point pixels are not supported; "
+                        "convert it to an 8- or 16-bit PNG")
+    if bits == 16:  # Pillow has no 16-bit multi-channel mode: it decodes these to 8 bits
+        warnings.warn(f"'{path}' has 16 bits per channel; Pillow reads this kind of image "
+                      "(colour or with alpha) with 8-bit precision", stacklevel=4)
+    if im.mode in ("1", "L", "LA", "La"):
+        return np.asarray(im.convert("L"))[..., None]
+    if im.mode in ("P", "PA"):  # through RGBA so that palette transparency is honoured
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"))
+
+
+def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    """(H, W, C) image with ``channels`` channels: gray by BT.601 luma, RGB by replication."""
+    c = image.shape[-1]
+    if channels is None or channels == c:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    if channels == 1:
+        gray = image.astype(np.float64) @ np.array(LUMA)
+        if image.dtype.kind in "ui":
+            gray = np.rint(gray)
+        return gray.astype(image.dtype)[..., None]
+    raise ConfigError(f"channels must be 1 (gray), 3 (RGB) or None (as stored), got {channels}")
+
+
+def _decode(path: Path, channels: int | None) -> np.ndarray:
+    """Decode ``path`` to (H, W, C) uint8 or uint16 with ``channels`` channels."""
+    with _opened(path) as im:
+        bits = _source_bits(im)  # before load(), which drops the decoder's tiles
+        im.load()  # decode now, inside the error translation
+        return convert_channels(_pixels(path, im, bits), channels)
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 pixels -> float32 in [0, 1] (16-bit values scaled, never truncated)."""
+    return image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 65535.0)
+
+
+def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+    """Read an image file as float32 (H, W, C) in [0, 1]; ``channels`` None keeps gray/colour.
+
+    16-bit gray files keep their 16 bits (divided by 65535); alpha is dropped, not composited.
+    """
+    return _to_float(_decode(Path(path), channels))
+
+
+def read_image_bit_depth(path: str | os.PathLike) -> int:
+    """Bits per channel stored in an image file: 8 or 16."""
+    path = Path(path)
+    with _opened(path) as im:
+        bits = _source_bits(im)
+        if im.mode == "I" and bits == 8:  # 32-bit integers: 16 if they need more than 8 bits
+            return 16 if _decode(path, None).dtype == np.uint16 else 8
+        return 16 if im.mode.startswith("I;16") else bits
+
+
+def _as_hwc(array: Any, path: Path) -> np.ndarray:
+    """A float image given as torch (C, H, W) or numpy (H, W, C), as (H, W, C) in [0, 1]."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3):  # the library's (C, H, W)
+            array = array.transpose(1, 2, 0)
+    a = np.asarray(array)
+    if a.dtype.kind != "f":
+        raise DataError(f"cannot write '{path}': write_image takes floats in [0, 1], got "
+                        f"{a.dtype} (divide 8-bit pixels by 255 first)")
+    if a.ndim == 3 and a.shape[-1] not in (1, 3) and a.shape[0] in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise DataError(f"cannot write '{path}': expected (C, H, W) or (H, W, C) with 1 or 3 "
+                        f"channels, got shape {tuple(np.shape(array))}")
+    if not np.isfinite(a).all():
+        raise DataError(f"cannot write '{path}': the image holds NaN or infinite values")
+    return np.clip(a.astype(np.float32), 0.0, 1.0)
+
+
+def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8) -> None:
+    """Write a [0, 1] image atomically in the format its extension names (PNG, JPEG, ...)."""
+    path = Path(path)
+    image = _as_hwc(array, path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"cannot tell the image format of '{path}' from its extension: "
+                        f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    if bit_depth not in (8, 16):
+        raise ConfigError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and image.shape[-1] == 3:
+        raise DataError(f"cannot write '{path}' with 16 bits: Pillow writes 16-bit images in "
+                        "gray only; use bit_depth=8 or a 1-channel image")
+    dtype, top = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
+    pixels = np.rint(image * top).astype(dtype)
+    im = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)  # L, I;16, RGB
+    buffer = io.BytesIO()
+    try:
+        im.save(buffer, format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"cannot write '{path}' as {fmt} with {bit_depth} bits: {e}") from e
+    atomic_write(path, buffer.getvalue())  # temp file in the same folder, then os.replace
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under ``root`` (recursive, sorted; hidden files and folders skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder '{root}' {what}")
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"no images found under '{root}': accepted extensions are "
+                        f"{', '.join(IMAGE_EXTENSIONS)} (any letter case)")
+    return files
+
+
+def check_fit(size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] | None:
+    """Validate ``size`` and ``mode``; ``size`` as (H, W), or None for the whole image."""
+    if mode not in ("crop", "resize", "full"):
+        raise ConfigError(f"mode must be 'crop', 'resize' or 'full', got {mode!r}")
+    if size is None:
+        return None
+    if mode == "full":
+        raise ConfigError(f"mode 'full' keeps whole images: give no size (got {size})")
+    pair = (size, size) if isinstance(size, int) else size
+    is_pair = isinstance(pair, (tuple, list)) and len(pair) == 2
+    if not is_pair or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ConfigError(f"size must be a positive integer or (height, width), got {size!r}")
+    return pair[0], pair[1]
+
+
+def fit_to_size(image: np.ndarray, size: tuple[int, int] | None, mode: str,
+                seed: int | None = None) -> np.ndarray:
+    """Crop (reflection-padding small images) or resize a (C, H, W) float image to ``size``.
+
+    A crop is centred when ``seed`` is None, else placed by ``seed``; resizing is Lanczos
+    (antialiased) and does not keep the aspect ratio. ``size`` None returns ``image`` as is.
+    """
+    if size is None or mode == "full":
+        return image
+    h, w = size
+    if mode == "resize":
+        channels = [Image.fromarray(np.ascontiguousarray(c, dtype=np.float32))  # mode "F"
+                    .resize((w, h), Image.Resampling.LANCZOS) for c in image]
+        return np.clip(np.stack([np.asarray(c) for c in channels]), 0.0, 1.0)
+    pad_h, pad_w = max(h - image.shape[1], 0), max(w - image.shape[2], 0)
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                               (pad_w // 2, pad_w - pad_w // 2)), mode="reflect")
+    free_h, free_w = image.shape[1] - h, image.shape[2] - w
+    if seed is None:
+        top, left = free_h // 2, free_w // 2
+    else:
+        rng = np.random.default_rng(seed)
+        top, left = int(rng.integers(free_h + 1)), int(rng.integers(free_w + 1))
+    return image[:, top : top + h, left : left + w]
+
+
+def split_key(key: int | tuple[int, int], length: int) -> tuple[int, int | None]:
+    """A dataset key ``index`` or ``(index, seed)`` as (index in range, seed or None)."""
+    index, seed = key if isinstance(key, tuple) else (key, None)
+    index = operator.index(index)
+    if not -length <= index < length:
+        raise IndexError(f"index {index} is outside a dataset of {length} images")
+    return index % length, None if seed is None else operator.index(seed)
+
+
+def to_image_tensor(pixels: np.ndarray, size: tuple[int, int] | None, mode: str,
+                    seed: int | None = None) -> torch.Tensor:
+    """(H, W, C) integer pixels -> float32 (C, H, W) tensor in [0, 1], fitted to ``size``."""
+    image = fit_to_size(_to_float(pixels).transpose(2, 0, 1), size, mode, seed)
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """The images under a folder (recursively) as (C, H, W) float32 tensors in [0, 1]."""
+
+    def __init__(self, root: str | os.PathLike, size: int | tuple[int, int] | None = None,
+                 mode: Mode = "crop", channels: int = 3,
+                 on_error: Literal["raise", "skip"] = "raise", preload: bool = False) -> None:
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.root, self.files = Path(root), list_images(root)
+        self.size, self.mode = check_fit(size, mode), mode
+        self.channels, self.on_error = channels, on_error
+        self._bad: set[int] = set()  # indices that failed (and were warned about) here
+        self._cache: list[np.ndarray | None] | None = None
+        if preload:  # integer pixels: a quarter of the memory of float32
+            self._cache = [self._pixels(i) for i in range(len(self.files))]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _pixels(self, index: int) -> np.ndarray | None:
+        """(H, W, C) integer pixels of image ``index``, or None if it is bad and skipped."""
+        if self._cache is not None:
+            return self._cache[index]
+        if index in self._bad:
+            return None
+        try:
+            return _decode(self.files[index], self.channels)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            self._bad.add(index)
+            warnings.warn(f"skipped (on_error='skip'): {e}", stacklevel=3)
+            return None
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = split_key(key, len(self))
+        for step in range(len(self)):  # a bad image is replaced by the next good one
+            pixels = self._pixels((index + step) % len(self))
+            if pixels is not None:
+                return to_image_tensor(pixels, self.size, self.mode, seed)
+        raise DataError(f"none of the {len(self)} images under '{self.root}' can be read")
+
+    def validate(self) -> list[Path]:
+        """Decode every file; return those that cannot be read."""
+        bad = []
+        for path in self.files:
+            try:
+                _decode(path, self.channels)
+            except DataError:
+                bad.append(path)
+        return bad

@@ -1,0 +1,74 @@
+"""``open_dataset``: the one way the trainer, evaluator and CLI turn a ``--data`` value into a
+dataset of (C, H, W) float32 images in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from clearvae.data.images import ImageFolder, Mode
+from clearvae.data.mnist import (
+    TensorImages,
+    find_mnist,
+    load_digits_csv,
+    load_mnist,
+    load_mnist_labels,
+)
+from clearvae.data.synthetic import SyntheticDigits
+from clearvae.errors import ConfigError, DataError
+
+SYNTHETIC = "synthetic-digits"
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+KINDS = ("a folder of images, a folder with MNIST IDX files, a digits .csv or .csv.gz file, "
+         f"or {SYNTHETIC}[:N]")
+
+
+def open_dataset(spec: str, split: str = "train", *,
+                 size: int | tuple[int, int] | None = None, mode: Mode = "crop",
+                 channels: int | None = None,
+                 on_error: Literal["raise", "skip"] = "raise") -> torch.utils.data.Dataset:
+    """The dataset that ``spec`` names, its images cut to ``size`` as ``mode`` says.
+
+    ``spec`` is ``synthetic-digits[:N]``, a digits CSV file, a folder holding MNIST IDX
+    files (``split`` picks train or t10k), or any other folder of images (RGB unless
+    ``channels`` says otherwise). ``on_error`` applies to image folders.
+    """
+    spec = str(spec)
+    fit = {"size": size, "mode": mode, "channels": channels}
+    if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
+        digits = SyntheticDigits(_synthetic_count(spec))
+        return TensorImages(digits.images, digits.labels, **fit)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset '{spec}' does not exist: give {KINDS}")
+    if path.is_file():
+        if path.name.lower().endswith((".csv", ".csv.gz")):
+            return TensorImages(*load_digits_csv(path), **fit)
+        raise DataError(f"cannot use the file '{spec}' as a dataset: give {KINDS}")
+    if split in ("train", "test") and find_mnist(path, split):
+        labels = load_mnist_labels(path, split) if find_mnist(path, split, "labels") else None
+        return TensorImages(load_mnist(path, split), labels, **fit)
+    other = {"train": "test", "test": "train"}.get(split)
+    if other and find_mnist(path, other):
+        raise DataError(f"'{spec}' holds MNIST IDX files for the {other} split but not for "
+                        f"'{split}'; get them with clearvae.data.download_mnist('{spec}', "
+                        f"'{split}'), or use a digits CSV file for training")
+    splits = sorted(p.name for p in path.iterdir()
+                    if p.is_dir() and p.name.lower() in SPLIT_FOLDERS)
+    if splits:  # a parent of split folders: taking all would mix training and test images
+        raise DataError(f"'{spec}' holds the split folders {', '.join(splits)}: give one of "
+                        f"them, e.g. '{path / splits[0]}'")
+    return ImageFolder(path, size, mode, channels or 3, on_error)
+
+
+def _synthetic_count(spec: str) -> int:
+    """N in ``synthetic-digits:N`` (10 000 without it)."""
+    _, _, count = spec.partition(":")
+    if not count:
+        return 10000
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"'{spec}': the number of synthetic digits must be a positive "
+                          f"integer, as in {SYNTHETIC}:5000")
+    return int(count)

@@ -1,0 +1,54 @@
+"""Model families, looked up by the ``kind`` stored in their config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clearvae.errors import ConfigError, ModelFileError
+from clearvae.models.base import VAE, FlatVAE, LossTerms, VAEConfig, VAEOutput, vae_loss
+from clearvae.models.conv import ConvVAE, ConvVAEConfig
+from clearvae.models.dense import DenseVAE, DenseVAEConfig
+
+MODELS: dict[str, type[VAE]] = {"dense": DenseVAE, "conv": ConvVAE}
+
+
+def model_config_from_dict(data: dict[str, Any]) -> VAEConfig:
+    """Build the config of the family named by ``data["kind"]``."""
+    kind = data.get("kind")
+    if kind not in MODELS:
+        raise ConfigError(f"model.kind must be one of {', '.join(MODELS)}; got {kind!r}")
+    return MODELS[kind].config_class.from_dict(data)
+
+
+def build_model(config: VAEConfig) -> VAE:
+    """A freshly initialised model of ``config``'s family."""
+    return MODELS[config.kind](config)
+
+
+__all__ = [
+    "MODELS", "VAE", "FlatVAE", "VAEConfig", "VAEOutput", "LossTerms", "vae_loss",
+    "DenseVAE", "DenseVAEConfig", "ConvVAE", "ConvVAEConfig",
+    "build_model", "model_config_from_dict", "model_from_file",
+]
+
+
+def model_from_file(loaded: Any, source: str = "file", weights: str = "auto") -> VAE:
+    """Rebuild a model from a loaded clearvae file (``checkpoint.Loaded``).
+
+    ``weights``: "auto" uses the averaged (EMA) weights of a checkpoint, "ema" or "live" pick.
+    """
+    config = model_config_from_dict(loaded.model_config)
+    model = build_model(config)
+    if loaded.kind == "model":
+        state = loaded.tensors
+    else:
+        state = loaded.section("model" if weights == "live" else "ema")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise ModelFileError(
+            f"{source}: its weights do not fit a {config.kind} model of this clearvae version "
+            f"({detail[1].strip() if len(detail) > 1 else detail[0]})"
+        ) from None
+    return model.eval()

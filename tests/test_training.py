@@ -1,0 +1,120 @@
+"""The training loop: outputs, resume equivalence, skipped updates, errors, DDP."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clearvae import checkpoint, training
+from clearvae.errors import TrainingError
+from clearvae.generate import load
+from clearvae.training import TrainConfig, train
+
+
+def _config(out, **changes):
+    base = {
+        "model": {"kind": "conv", "widths": [8, 16], "latent_channels": 2, "attention": False},
+        "data": {"train": "synthetic-digits:64"},
+        "out": str(out), "max_steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 2,
+        "lr_warmup_steps": 2,
+    }
+    for key, value in changes.items():
+        base[key] = value
+    return TrainConfig.from_dict(base)
+
+
+def _weights(path):
+    return checkpoint.load_file(path).tensors
+
+
+def test_training_writes_model_checkpoint_and_logs(tmp_path):
+    model_path = train(_config(tmp_path))
+    assert model_path == tmp_path / "model.safetensors"
+    info = checkpoint.load_file(model_path).info
+    assert info["steps"] == 6 and info["data"] == "synthetic-digits:64"
+    ckpt = checkpoint.load_file(tmp_path / training.CHECKPOINT_NAME, expect="checkpoint")
+    assert ckpt.info["step"] == 6
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["step"] for r in rows} == {"2", "4", "6"}
+    assert {"loss", "elbo", "kl", "steps_per_s", "grad_norm"} <= {r["name"] for r in rows}
+    assert any((tmp_path / "tensorboard").iterdir())
+    model = load(model_path)
+    assert model.sample(2).shape == (2, 1, 28, 28)
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(tmp_path):
+    straight = train(_config(tmp_path / "a", max_steps=8, checkpoint_every=8))
+    again = train(_config(tmp_path / "b", max_steps=8, checkpoint_every=8))
+    train(_config(tmp_path / "c", max_steps=5, checkpoint_every=5))  # "interrupted" at step 5
+    resumed = train(_config(tmp_path / "c", max_steps=8, checkpoint_every=8), resume=True)
+    a, b, c = _weights(straight), _weights(again), _weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], c[key]), key
+    ca = _weights(tmp_path / "a" / training.CHECKPOINT_NAME)
+    cc = _weights(tmp_path / "c" / training.CHECKPOINT_NAME)
+    assert ca.keys() == cc.keys()
+    for key in ca:  # live weights and optimizer moments too
+        assert torch.equal(ca[key], cc[key]), key
+
+
+def test_a_non_finite_step_is_skipped_and_reported(tmp_path, monkeypatch, capsys):
+    real = training.OBJECTIVES["conv"]
+    seen = {}
+
+    def objective(model, x, objective, step):
+        loss, metrics = real(model, x, objective, step)
+        if step == 2:
+            seen["before"] = [p.detach().clone() for p in model.parameters()]
+            return loss * float("nan"), metrics
+        if step == 3:
+            seen["after"] = [p.detach().clone() for p in model.parameters()]
+        return loss, metrics
+
+    monkeypatch.setitem(training.OBJECTIVES, "conv", objective)
+    train(_config(tmp_path))
+    assert "step 2: skipped the update" in capsys.readouterr().out
+    for before, after in zip(seen["before"], seen["after"]):
+        assert torch.equal(before, after)
+        assert torch.isfinite(after).all()
+
+
+def test_divergence_stops_with_advice(tmp_path, monkeypatch):
+    real = training.OBJECTIVES["conv"]
+    monkeypatch.setattr(training, "MAX_SKIPS_IN_A_ROW", 3)
+    monkeypatch.setitem(training.OBJECTIVES, "conv",
+                        lambda *a: (real(*a)[0] * float("inf"), real(*a)[1]))
+    with pytest.raises(TrainingError, match="diverged.*Lower lr"):
+        train(_config(tmp_path))
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(_config(tmp_path), resume=True)
+    train(_config(tmp_path, max_steps=3))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(tmp_path))
+    other = _config(tmp_path, model={"kind": "conv", "widths": [8, 8], "latent_channels": 2})
+    with pytest.raises(TrainingError, match="different model config"):
+        train(other, resume=True)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
+    """Two gloo processes train; the loop checks at each checkpoint that the replicas' weights
+    are identical (raising otherwise), and the file records the world size."""
+    cmd = [sys.executable, "-m", "clearvae", "train", "--data", "synthetic-digits:64",
+           "--out", str(tmp_path), "--max-steps", "4", "--batch-size", "8", "--devices", "2",
+           "--strategy", "ddp", "--accelerator", "cpu", "--set", "checkpoint_every=2",
+           "--set", "model.widths=[8,16]", "--set", "model.latent_channels=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = checkpoint.load_file(tmp_path / "model.safetensors").info
+    assert info["world_size"] == 2 and info["steps"] == 4
+    first, second = info["replica_fingerprints"]
+    assert first == second
