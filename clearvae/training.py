@@ -25,12 +25,13 @@ from torch import Tensor
 from clearvae import checkpoint
 from clearvae.config import Config
 from clearvae.errors import ConfigError, TrainingError
-from clearvae.models import VAE, VAEConfig, build_model, model_config_from_dict, vae_loss
+from clearvae.models import VAE, build_model, model_config_from_dict, vae_loss
 from clearvae.models.conv import ConvVAEConfig
 
 CHECKPOINT_NAME = "checkpoints/last.safetensors"
 MODEL_NAME = "model.safetensors"
 MAX_SKIPS_IN_A_ROW = 50
+SHOWN = ("loss", "elbo", "kl", "bpp", "psnr")  # metrics on the progress bar, when present
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ class ObjectiveConfig(Config):
 class TrainConfig(Config):
     """Everything that defines a training run. Stored inside every checkpoint."""
 
-    model: VAEConfig = dataclasses.field(default_factory=ConvVAEConfig)
+    model: Config = dataclasses.field(default_factory=ConvVAEConfig)  # any family's config
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     out: str = "runs/vae"
@@ -147,6 +148,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     fabric.seed_everything(config.seed, verbose=False)  # the same initial weights everywhere
 
     model = build_model(config.model)
+    is_vae = isinstance(model, VAE)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -190,13 +192,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
         if (step + 1) % config.log_every == 0 or step + 1 == config.max_steps:
             metrics["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
             logger.log(step + 1, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.2f}", elbo=f"{metrics['elbo']:.2f}")
+            shown = {k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics}
+            bar.set_postfix(shown)
             if bar.disable:  # no live bar (not a terminal): a line per log interval instead
                 eta = (config.max_steps - step - 1) / metrics["steps_per_s"]
-                fabric.print(f"step {step + 1}/{config.max_steps}  loss {metrics['loss']:.3f}  "
-                             f"elbo {metrics['elbo']:.3f}  {metrics['steps_per_s']:.2f} steps/s  "
-                             f"eta {eta:.0f}s")
-        if config.eval_every and (step + 1) % config.eval_every == 0 and d.val:
+                fabric.print(f"step {step + 1}/{config.max_steps}  "
+                             + "  ".join(f"{k} {v}" for k, v in shown.items())
+                             + f"  {metrics['steps_per_s']:.2f} steps/s  eta {eta:.0f}s")
+        if config.eval_every and (step + 1) % config.eval_every == 0 and d.val and is_vae:
             logger.log(step + 1, _val_metrics(ema, config, fabric))
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
             info["replica_fingerprints"] = _check_replicas(fabric, model)
@@ -206,7 +209,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     logger.close()
 
     info["steps"] = config.max_steps
-    if d.val:
+    if d.val and is_vae:
         info["val"] = _val_metrics(ema, config, fabric)
     model_path = out / MODEL_NAME
     if fabric.global_rank == 0:
@@ -226,9 +229,17 @@ def vae_objective(model: VAE, x: Tensor, objective: ObjectiveConfig,
     return terms.loss / model.dims, metrics
 
 
+def codec_objective(model: Any, x: Tensor, objective: ObjectiveConfig,
+                    step: int) -> tuple[Tensor, dict[str, float]]:
+    """Rate-distortion loss of the image codec at a random quality per image."""
+    from clearvae.codec.model import rd_loss
+
+    return rd_loss(model, x)
+
+
 # The loss of each model family: (model, batch, objective, step) -> (loss, metrics).
 OBJECTIVES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {
-    "dense": vae_objective, "conv": vae_objective,
+    "dense": vae_objective, "conv": vae_objective, "hyperprior": codec_objective,
 }
 
 

@@ -34,9 +34,9 @@ from clearvae.data import (
 from clearvae.data import images as images_module
 from clearvae.data import mnist as mnist_module
 from clearvae.errors import ConfigError, DataError
+from tests.conftest import shared
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CLEARVAE_DATA", REPO.parent / "shared" / "data"))
 
 
 def noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -464,15 +464,6 @@ def test_open_dataset_dispatch(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the shared reference data
 
-def shared(name: str) -> Path:
-    """A file or folder of the shared data, or skip the test saying where it was looked for."""
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"shared data '{path}' is absent: set CLEARVAE_DATA to the folder holding "
-                    "mnist/ (see ../shared/data/README.md)")
-    return path
-
-
 def test_shared_mnist_5k_csv() -> None:
     images, labels = load_digits_csv(shared("mnist/mnist_5k.csv.gz"))
     assert images.shape == (5000, 1, 28, 28) and labels.shape == (5000,)
@@ -485,3 +476,9 @@ def test_shared_mnist_test_split() -> None:
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.uint8
     assert load_mnist_labels(folder, "test")[:5].tolist() == [7, 2, 1, 0, 4]
     assert len(open_dataset(str(folder), "test")) == 10000
+
+
+def test_comma_separated_specs_are_used_together() -> None:
+    both = open_dataset("synthetic-digits:5, synthetic-digits:7")
+    assert len(both) == 12
+    assert both[(6, 3)].shape == (1, 28, 28)

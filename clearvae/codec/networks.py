@@ -143,11 +143,11 @@ class HyperSynthesis(nn.Module):
             self.scale[-1].bias.fill_(initial_index)
 
     @staticmethod
-    def _head(n: int, m: int) -> nn.Sequential:
+    def _head(n: int, m: int) -> nn.Sequential:  # the widths of Ballé et al.'s h_s
         return nn.Sequential(
-            Up(n, m), nn.ReLU(),
-            Up(m, m), nn.ReLU(),
-            nn.Conv2d(m, m, 3, padding=1),
+            Up(n, n), nn.ReLU(),
+            Up(n, n), nn.ReLU(),
+            nn.Conv2d(n, m, 3, padding=1),
         )
 
     def forward(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:

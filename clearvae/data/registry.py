@@ -3,6 +3,8 @@ dataset of (C, H, W) float32 images in [0, 1]."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +35,14 @@ def open_dataset(spec: str, split: str = "train", *,
 
     ``spec`` is ``synthetic-digits[:N]``, a digits CSV file, a folder holding MNIST IDX
     files (``split`` picks train or t10k), or any other folder of images (RGB unless
-    ``channels`` says otherwise). ``on_error`` applies to image folders.
+    ``channels`` says otherwise); several of them joined by commas are used together.
+    ``on_error`` applies to image folders.
     """
     spec = str(spec)
+    if "," in spec:
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        return Concat([open_dataset(p, split, size=size, mode=mode, channels=channels,
+                                    on_error=on_error) for p in parts])
     fit = {"size": size, "mode": mode, "channels": channels}
     if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
         digits = SyntheticDigits(_synthetic_count(spec))
@@ -61,6 +68,25 @@ def open_dataset(spec: str, split: str = "train", *,
         raise DataError(f"'{spec}' holds the split folders {', '.join(splits)}: give one of "
                         f"them, e.g. '{path / splits[0]}'")
     return ImageFolder(path, size, mode, channels or 3, on_error)
+
+
+class Concat(torch.utils.data.Dataset):
+    """Datasets one after another; keys are ``index`` or ``(index, seed)`` as everywhere."""
+
+    def __init__(self, parts: list[torch.utils.data.Dataset]) -> None:
+        self.parts = parts
+        self.ends = list(itertools.accumulate(len(p) for p in parts))
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        part = bisect.bisect_right(self.ends, index)
+        local = index - (self.ends[part - 1] if part else 0)
+        return self.parts[part][(local, seed) if seed is not None else local]
 
 
 def _synthetic_count(spec: str) -> int:

@@ -12,23 +12,31 @@ from clearvae.models.dense import DenseVAE, DenseVAEConfig
 MODELS: dict[str, type[VAE]] = {"dense": DenseVAE, "conv": ConvVAE}
 
 
-def model_config_from_dict(data: dict[str, Any]) -> VAEConfig:
+def families() -> dict[str, Any]:
+    """Every trainable model family by kind: the VAEs and the image codec."""
+    from clearvae.codec.model import HyperpriorCodec  # here: the codec imports our layers
+
+    return {**MODELS, "hyperprior": HyperpriorCodec}
+
+
+def model_config_from_dict(data: dict[str, Any]) -> Any:
     """Build the config of the family named by ``data["kind"]``."""
     kind = data.get("kind")
-    if kind not in MODELS:
-        raise ConfigError(f"model.kind must be one of {', '.join(MODELS)}; got {kind!r}")
-    return MODELS[kind].config_class.from_dict(data)
+    known = families()
+    if kind not in known:
+        raise ConfigError(f"model.kind must be one of {', '.join(known)}; got {kind!r}")
+    return known[kind].config_class.from_dict(data)
 
 
-def build_model(config: VAEConfig) -> VAE:
+def build_model(config: Any) -> Any:
     """A freshly initialised model of ``config``'s family."""
-    return MODELS[config.kind](config)
+    return families()[config.kind](config)
 
 
 __all__ = [
     "MODELS", "VAE", "FlatVAE", "VAEConfig", "VAEOutput", "LossTerms", "vae_loss",
     "DenseVAE", "DenseVAEConfig", "ConvVAE", "ConvVAEConfig",
-    "build_model", "model_config_from_dict", "model_from_file",
+    "build_model", "families", "model_config_from_dict", "model_from_file",
 ]
 
 
