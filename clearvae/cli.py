@@ -36,6 +36,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=600, help="training steps (default %(default)s)")
     s.set_defaults(func=cmd_demo)
 
+    s = sub.add_parser("compress", help="compress images to .cvae files")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("-o", "--output", help="output file (one input) or folder")
+    s.add_argument("-q", "--quality", type=int, default=4, help="1 (smallest) .. 8 (best), "
+                   "default %(default)s")
+    s.add_argument("--model", help="codec model file (default: the bundled one)")
+    s.add_argument("--tile", type=int, default=0, help="block size in pixels for large "
+                   "images (multiple of 64; default automatic)")
+    s.add_argument("--drop-alpha", action="store_true", help="code images with transparency "
+                   "without their alpha channel")
+    s.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("decompress", help="decompress .cvae files to PNG")
+    s.add_argument("inputs", nargs="+", help=".cvae files or folders")
+    s.add_argument("-o", "--output", help="output file (one input) or folder")
+    s.add_argument("--model", help="codec model file (default: the bundled one)")
+    s.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    s.set_defaults(func=cmd_decompress)
+
     s = sub.add_parser("train", help="train a model from a YAML config and/or flags")
     s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
     s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
@@ -219,6 +239,61 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         x = _read_inputs(model, [args.a, args.b], None, [])
     write_image(args.output, interpolation_strip(model, x[0], x[1], args.steps))
     print(f"interpolation in {args.steps} steps written to {args.output}")
+
+
+def _pairs(inputs: list[str], output: str | None, suffixes: tuple[str, ...],
+           new_suffix: str) -> list[tuple[Path, Path]]:
+    """(source, target) for each input file, or each matching file in input folders."""
+    sources: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
+            if not found:
+                raise ConfigError(f"no {'/'.join(suffixes)} files in folder '{item}'")
+            sources += found
+        elif item.exists():
+            sources.append(item)
+        else:
+            raise ConfigError(f"'{item}' does not exist")
+    if output and len(sources) > 1 or output and Path(output).is_dir():
+        out = Path(output)
+        return [(s, out / s.with_suffix(new_suffix).name) for s in sources]
+    if output:
+        return [(sources[0], Path(output))]
+    return [(s, s.with_suffix(new_suffix)) for s in sources]
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from clearvae.codec.storage import load_codec
+    from clearvae.compress import compress_file
+    from clearvae.data import IMAGE_EXTENSIONS
+
+    codec = load_codec(args.model)
+    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS, ".cvae")
+    total_bytes = total_pixels = 0
+    for source, target in tqdm(pairs, unit="image", disable=len(pairs) < 2):
+        r = compress_file(codec, source, target, args.quality, args.tile, args.drop_alpha,
+                          overwrite=args.force)
+        total_bytes, total_pixels = total_bytes + r.compressed_bytes, total_pixels + r.pixels
+        print(f"{source} -> {target}: {source.stat().st_size} -> {r.compressed_bytes} bytes, "
+              f"{r.bpp:.3f} bpp (quality {args.quality})")
+    if len(pairs) > 1:
+        print(f"{len(pairs)} images: {total_bytes} bytes, {8 * total_bytes / total_pixels:.3f} bpp")
+
+
+def cmd_decompress(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from clearvae.codec.storage import load_codec
+    from clearvae.compress import decompress_file
+
+    codec = load_codec(args.model)
+    for source, target in tqdm(_pairs(args.inputs, args.output, (".cvae",), ".png"),
+                               unit="image", disable=len(args.inputs) < 2):
+        r = decompress_file(codec, source, target, overwrite=args.force)
+        print(f"{source} -> {target}: {r.compressed_bytes} bytes, {r.bpp:.3f} bpp")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -100,11 +100,12 @@ class HyperpriorCodec(nn.Module):
         self.z_prior = FactorizedPrior(n)
         self.y_conditional = GaussianConditional()
         # Log gains (Q, channels). Freshly initialised, g_a gives y of std ~0.05 and h_a
-        # shrinks 5x; the start gains lift y' to std ~3 at the middle quality and z' to ~2,
-        # so that rounding keeps information from the first step. Across qualities y's
-        # gains follow the high-rate optimum, quantisation step ∝ 1 / sqrt(λ).
+        # shrinks it ~15x; the start gains lift y' to std ~1 (one quantisation step) at the
+        # middle quality and z' to ~0.7, so that every quality codes something from the first
+        # step without starting at a needlessly high rate. Across qualities the y gains
+        # follow the high-rate optimum, quantisation step ∝ 1 / sqrt(λ).
         lams = torch.tensor(config.lambdas, dtype=torch.float64)
-        y_start = (0.5 * (lams.log() - lams.log().mean()) + math.log(60.0)).float()  # (Q,)
+        y_start = (0.5 * (lams.log() - lams.log().mean()) + math.log(20.0)).float()  # (Q,)
         z_start = torch.full((q,), math.log(10.0))
         self.y_gain = nn.Parameter(y_start[:, None].repeat(1, m))
         self.y_inverse_gain = nn.Parameter(-y_start[:, None].repeat(1, m))

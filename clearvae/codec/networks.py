@@ -134,11 +134,11 @@ class HyperSynthesis(nn.Module):
     probability table).
     """
 
-    def __init__(self, n: int, m: int, initial_index: float = 26.0) -> None:
+    def __init__(self, n: int, m: int, initial_index: float = 18.0) -> None:
         super().__init__()
         self.means = self._head(n, m)
         self.scale = self._head(n, m)  # integer-network friendly: Conv2d, PixelShuffle, ReLU
-        with torch.no_grad():  # start near scale 2.7 (index 26 of 0..63), small spread
+        with torch.no_grad():  # start near scale 1 (index 18 of 0..63), little spread
             self.scale[-1].weight.mul_(0.1)
             self.scale[-1].bias.fill_(initial_index)
 
