@@ -82,6 +82,7 @@ class TrainConfig(Config):
     checkpoint_every: int = 500
     eval_every: int = 0  # 0: evaluate only at the end
     eval_images: int = 1000
+    init_from: str | None = None  # start from the weights of this model file or checkpoint
     accelerator: str = "auto"
     devices: int = 1
     strategy: str = "auto"
@@ -153,6 +154,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     start = 0
+    if config.init_from and not resume:
+        _init_weights(Path(config.init_from), config, model, ema)
     if resume:
         start = _restore(ckpt_path, config, model, ema, optimizer)
     elif ckpt_path.exists():
@@ -315,6 +318,19 @@ def _restore(path: Path, config: TrainConfig, model: torch.nn.Module, ema: torch
     groups = loaded.metadata["optimizer"]
     checkpoint.load_optimizer_state(optimizer, loaded.section("optim"), groups)
     return int(loaded.info["step"])
+
+
+def _init_weights(path: Path, config: TrainConfig, model: torch.nn.Module,
+                  ema: torch.nn.Module) -> None:
+    """Warm start: the (averaged) weights of an earlier run with the same model config."""
+    loaded = checkpoint.load_file(path)
+    if model_config_from_dict(loaded.model_config) != config.model:
+        raise TrainingError(f"init_from '{path}' holds a model with another config; use a "
+                            "model config identical to the one it was trained with")
+    weights = loaded.tensors if loaded.kind == "model" else loaded.section("ema")
+    weights = {k: v for k, v in weights.items() if not k.startswith("tables.")}
+    model.load_state_dict(weights)
+    ema.load_state_dict(weights)
 
 
 def _val_metrics(ema: VAE, config: TrainConfig, fabric: Any) -> dict[str, float]:

@@ -103,3 +103,20 @@ def test_optimizer_state_round_trip():
     for a, b in zip(opt.state.values(), opt2.state.values()):
         for key in a:
             torch.testing.assert_close(a[key], b[key])
+
+
+def test_a_write_interrupted_midway_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    """Simulates a kill between writing the new file and moving it into place."""
+    path = tmp_path / "m.safetensors"
+    model = _save_model(path)
+    before = path.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clearvae.files.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_file(path, "model", {k: v + 1 for k, v in model.state_dict().items()},
+                             CONFIG.to_dict())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left

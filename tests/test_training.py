@@ -118,3 +118,17 @@ def test_ddp_on_two_cpu_processes_keeps_replicas_identical(tmp_path):
     assert info["world_size"] == 2 and info["steps"] == 4
     first, second = info["replica_fingerprints"]
     assert first == second
+
+
+def test_init_from_starts_from_earlier_weights(tmp_path):
+    first = train(_config(tmp_path / "a", max_steps=3))
+    warm = _config(tmp_path / "b", max_steps=1, lr=1e-12, lr_warmup_steps=1, ema_decay=0.0,
+                   init_from=str(first))
+    second = train(warm)
+    a, b = _weights(first), _weights(second)
+    for key in a:  # a (near) zero learning rate keeps the loaded weights
+        torch.testing.assert_close(a[key], b[key])
+    other = _config(tmp_path / "c", init_from=str(first),
+                    model={"kind": "conv", "widths": [8, 8], "latent_channels": 2})
+    with pytest.raises(TrainingError, match="another config"):
+        train(other)
