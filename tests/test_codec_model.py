@@ -154,7 +154,7 @@ def test_scale_index_maps_onto_the_table_and_is_clamped():
     assert below.grad.item() < 0
 
 
-def test_gdn_and_its_inverse_are_differentiable_and_inverse_at_start():
+def test_gdn_and_its_inverse_have_correct_gradients():
     gdn, igdn = GDN(4).double(), GDN(4, inverse=True).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(gdn, (x,)) and torch.autograd.gradcheck(igdn, (x,))
