@@ -12,6 +12,7 @@ import copy
 import csv
 import ctypes
 import dataclasses
+import io
 import json
 import math
 import sys
@@ -26,6 +27,7 @@ from torch import Tensor
 from clearvae import checkpoint
 from clearvae.config import Config
 from clearvae.errors import ConfigError, TrainingError
+from clearvae.files import atomic_write
 from clearvae.models import VAE, build_model, model_config_from_dict, vae_loss
 from clearvae.models.conv import ConvVAEConfig
 
@@ -371,12 +373,25 @@ class MetricsLog:
         self.tb = None
         if enabled:
             out.mkdir(parents=True, exist_ok=True)
+            self._forget_after(start_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
             except ImportError:  # tensorboard is optional: CSV is always written
                 self.tb = None
+
+    def _forget_after(self, step: int) -> None:
+        """A resumed run drops the rows its interrupted predecessor logged past ``step``."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["step", "name", "value"])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path, text.getvalue().encode())
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -50,11 +50,16 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(tmp_path):
     straight = train(_config(tmp_path / "a", max_steps=8, checkpoint_every=8))
     again = train(_config(tmp_path / "b", max_steps=8, checkpoint_every=8))
     train(_config(tmp_path / "c", max_steps=5, checkpoint_every=5))  # "interrupted" at step 5
+    with open(tmp_path / "c" / "metrics.csv", "a") as f:  # logged after the last checkpoint
+        f.write("7,loss,123.0\n")
     resumed = train(_config(tmp_path / "c", max_steps=8, checkpoint_every=8), resume=True)
     a, b, c = _weights(straight), _weights(again), _weights(resumed)
     for key in a:
         assert torch.equal(a[key], b[key]), key
         assert torch.equal(a[key], c[key]), key
+    with open(tmp_path / "c" / "metrics.csv") as f:  # no step logged twice after resuming
+        steps = [(r["step"], r["name"]) for r in csv.DictReader(f)]
+    assert len(steps) == len(set(steps))
     ca = _weights(tmp_path / "a" / training.CHECKPOINT_NAME)
     cc = _weights(tmp_path / "c" / training.CHECKPOINT_NAME)
     assert ca.keys() == cc.keys()
