@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from clearvae.codec.storage import load_codec  # noqa: E402
 from clearvae.generate import load  # noqa: E402
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "load", "load_codec"]
