@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clearvae.codec import coder, container
-from clearvae.codec.entropy_models import SCALE_LEVELS, SCALES
+from clearvae.codec.entropy_models import LOG_STEP, SCALE_LEVELS, SCALES
 from clearvae.codec.integer import IntegerNetwork, quantize_network
 from clearvae.codec.model import MULTIPLE, HyperpriorCodec
 from clearvae.errors import ConfigError, DataError
@@ -48,6 +48,7 @@ class CodingTables:
     y: coder.Tables  # one table per scale index
     median: np.ndarray  # (N,) float64
     inverse_gain_z: np.ndarray  # (Q, N) float64
+    index_offset: np.ndarray  # (Q, M) int64: log(gain_y) in scale-table steps, rounded
     scale_head: IntegerNetwork
 
     def state(self) -> dict[str, Tensor]:
@@ -55,6 +56,7 @@ class CodingTables:
         out |= {f"y.{k}": torch.from_numpy(v) for k, v in _tables_state(self.y).items()}
         out["median"] = torch.from_numpy(self.median)
         out["inverse_gain_z"] = torch.from_numpy(self.inverse_gain_z)
+        out["index_offset"] = torch.from_numpy(self.index_offset)
         out |= {f"scale_head.{k}": v for k, v in self.scale_head.state().items()}
         return out
 
@@ -68,7 +70,7 @@ class CodingTables:
             return coder.Tables(t["freqs"].astype(np.int64), t["offsets"], t["lengths"])
 
         return cls(tables("z."), tables("y."), state["median"].numpy(),
-                   state["inverse_gain_z"].numpy(),
+                   state["inverse_gain_z"].numpy(), state["index_offset"].numpy(),
                    IntegerNetwork.from_state(part("scale_head.")))
 
 
@@ -114,7 +116,8 @@ def build_tables(model: HyperpriorCodec, seed: int = 0) -> CodingTables:
         draws.append(((s + median64[:, None]) * inverse_gain_z[q][:, None]).reshape(-1, 8, 8))
     calibration = torch.from_numpy(np.stack(draws))  # (Q, N, 8, 8)
     scale_head = quantize_network(model.h_s.scale, calibration, SCALE_LEVELS)
-    return CodingTables(z_tables, y_tables, median64, inverse_gain_z, scale_head)
+    index_offset = torch.round(model.y_gain.double() / LOG_STEP).long().numpy()  # see gained()
+    return CodingTables(z_tables, y_tables, median64, inverse_gain_z, index_offset, scale_head)
 
 
 def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
@@ -183,9 +186,11 @@ class Codec:
         t = self.tables
         z_in = (s_z + t.median[None, :, None, None]) * t.inverse_gain_z[q][None, :, None, None]
         z_in = torch.from_numpy(z_in)  # float64, identical on every machine
-        index = t.scale_head(z_in).numpy()
-        means = self.model.h_s.means(z_in.to(next(self.model.parameters()).dtype))
-        return means, index
+        offset = torch.from_numpy(t.index_offset[q])[None, :, None, None]
+        index = t.scale_head(z_in, offset).numpy()
+        m = self.model
+        means = m.h_s.means(z_in.to(next(m.parameters()).dtype))
+        return means * m.y_gain[q].exp()[None, :, None, None], index
 
     @torch.no_grad()
     def decompress(self, data: bytes, name: str = "input") -> np.ndarray:

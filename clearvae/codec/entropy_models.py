@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
-_LOG_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
-# The scale of table t is SCALE_MIN * exp(t * _LOG_STEP): log-spaced, 13% apart.
+LOG_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
+_LOG_STEP = LOG_STEP
+# The scale of table t is SCALE_MIN * exp(t * LOG_STEP): log-spaced, 13% apart.
 SCALES = torch.exp(math.log(SCALE_MIN) + _LOG_STEP * torch.arange(SCALE_LEVELS,
                                                                    dtype=torch.float64))
 

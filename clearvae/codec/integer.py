@@ -49,8 +49,9 @@ class IntegerNetwork:
     def __init__(self, layers: list[IntegerLayer], input_bits: int, levels: int) -> None:
         self.layers, self.input_bits, self.levels = layers, input_bits, levels
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """x (B, C, h, w) float -> integer table indices (B, O, H, W) as int64."""
+    def __call__(self, x: Tensor, offset: Tensor | None = None) -> Tensor:
+        """x (B, C, h, w) float -> integer table indices (B, O, H, W) as int64, each shifted
+        by the integer ``offset`` (broadcast) before clamping to the table range."""
         a = torch.round(x.double() * 2.0**self.input_bits).clamp(-INPUT_MAX, INPUT_MAX)
         for layer in self.layers:
             if layer.weight is None:
@@ -61,6 +62,8 @@ class IntegerNetwork:
                 a = torch.floor(acc / 2.0**layer.shift).clamp(0, ACT_MAX)
             else:  # the last layer: round to the nearest table index
                 a = torch.floor((acc + 2.0 ** (layer.shift - 1)) / 2.0**layer.shift)
+        if offset is not None:
+            a = a + offset.double()
         return a.clamp(0, self.levels - 1).long()
 
     def state(self) -> dict[str, Tensor]:

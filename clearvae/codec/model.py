@@ -8,7 +8,7 @@ finer quantisation, more bits) and its own inverse gain undoes it after:
 
     x (B, 3, H, W) --pad to 64--> g_a --> y * gain_y[q] = y' (B, M, H/16, W/16)
     y' --h_a--> z * gain_z[q] = z' --(noise | round)--> ẑ'   rate: FactorizedPrior(ẑ')
-    ẑ' * inverse_gain_z[q] --h_s--> μ, scale index i    σ = SCALES(i)
+    ẑ' * inverse_gain_z[q] --h_s--> μ, i (for y)   μ' = gain_y[q] μ, σ' = gain_y[q] SCALES(i)
     y' --(noise | round around μ)--> ŷ'   rate: GaussianConditional(ŷ' | μ, σ)
     ŷ' * inverse_gain_y[q] --g_s--> x̂ --crop--> (B, 3, H, W)
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from clearvae.codec.entropy_models import (
+    LOG_STEP,
     FactorizedPrior,
     GaussianConditional,
     round_around,
@@ -111,6 +112,8 @@ class HyperpriorCodec(nn.Module):
         self.y_inverse_gain = nn.Parameter(-y_start[:, None].repeat(1, m))
         self.z_gain = nn.Parameter(z_start[:, None].repeat(1, n))
         self.z_inverse_gain = nn.Parameter(-z_start[:, None].repeat(1, n))
+        with torch.no_grad():  # h_s predicts for the ungained y: start at the same σ' as before
+            self.h_s.scale[-1].bias.sub_(y_start.mean() / LOG_STEP)
 
     def forward(self, x: Tensor, quality: Tensor) -> CodecOutput:
         """x (B, C, H, W) in [0, 1] of any size; quality (B,) indices 0..Q-1, one per image
@@ -119,10 +122,12 @@ class HyperpriorCodec(nn.Module):
         h, w = x.shape[-2:]
         # (B, C, H', W'); channels-last makes the CPU (oneDNN) convolutions ~25% faster
         x = pad_to_multiple(x, MULTIPLE).contiguous(memory_format=torch.channels_last)
-        y = self.g_a(x) * _gain(self.y_gain, quality)  # (B, M, H'/16, W'/16)
+        y_gain = _gain(self.y_gain, quality)  # (B, M, 1, 1)
+        y = self.g_a(x) * y_gain  # (B, M, H'/16, W'/16)
         z = self.h_a(y) * _gain(self.z_gain, quality)  # (B, N, H'/64, W'/64)
         z_hat, z_likelihoods = self.z_prior(z)
         means, scale_index = self.h_s(z_hat * _gain(self.z_inverse_gain, quality))
+        means, scale_index = gained(means, scale_index, y_gain)
         y_hat, y_likelihoods = self.y_conditional(y, scale_from_index(scale_index), means)
         if self.training:  # g_s trains on rounded values (straight-through), rate on noise
             y_hat = y + (round_around(y, means) - y).detach()
@@ -142,6 +147,12 @@ class HyperpriorCodec(nn.Module):
         if quality.numel() and (quality.min() < 0 or quality.max() > q - 1):
             raise DataError(f"quality indices must lie in 0..{q - 1} (this model has {q} "
                             f"qualities); got {quality.tolist()}")
+
+
+def gained(means: Tensor, scale_index: Tensor, y_gain: Tensor) -> tuple[Tensor, Tensor]:
+    """h_s predicts the distribution of the ungained y; y' = g y has mean g μ and scale g σ,
+    i.e. a scale index shifted by log(g) / LOG_STEP. So h_s need not infer the quality."""
+    return means * y_gain, scale_index + y_gain.log() / LOG_STEP
 
 
 def _gain(log_gains: Tensor, quality: Tensor) -> Tensor:
