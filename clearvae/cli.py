@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                    "or synthetic-digits")
     s.add_argument("--val", help="held-out data evaluated at the end")
     s.add_argument("--out", help="output folder for checkpoints, logs and the model")
-    s.add_argument("--model", help="model family: dense or conv")
+    s.add_argument("--model", help="model family: dense, conv, hierarchical or hyperprior")
     s.add_argument("--max-steps", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

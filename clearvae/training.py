@@ -246,7 +246,8 @@ def codec_objective(model: Any, x: Tensor, objective: ObjectiveConfig,
 
 # The loss of each model family: (model, batch, objective, step) -> (loss, metrics).
 OBJECTIVES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {
-    "dense": vae_objective, "conv": vae_objective, "hyperprior": codec_objective,
+    "dense": vae_objective, "conv": vae_objective, "hierarchical": vae_objective,
+    "hyperprior": codec_objective,
 }
 
 

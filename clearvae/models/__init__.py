@@ -8,8 +8,11 @@ from clearvae.errors import ConfigError, ModelFileError
 from clearvae.models.base import VAE, FlatVAE, LossTerms, VAEConfig, VAEOutput, vae_loss
 from clearvae.models.conv import ConvVAE, ConvVAEConfig
 from clearvae.models.dense import DenseVAE, DenseVAEConfig
+from clearvae.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
 
-MODELS: dict[str, type[VAE]] = {"dense": DenseVAE, "conv": ConvVAE}
+MODELS: dict[str, type[VAE]] = {
+    "dense": DenseVAE, "conv": ConvVAE, "hierarchical": HierarchicalVAE,
+}
 
 
 def families() -> dict[str, Any]:
@@ -36,6 +39,7 @@ def build_model(config: Any) -> Any:
 __all__ = [
     "MODELS", "VAE", "FlatVAE", "VAEConfig", "VAEOutput", "LossTerms", "vae_loss",
     "DenseVAE", "DenseVAEConfig", "ConvVAE", "ConvVAEConfig",
+    "HierarchicalVAE", "HierarchicalVAEConfig",
     "build_model", "families", "model_config_from_dict", "model_from_file",
 ]
 
