@@ -12,14 +12,18 @@ import torch
 from torch import Tensor
 
 from clearvae.checkpoint import load_file
-from clearvae.errors import ConfigError
+from clearvae.errors import ConfigError, ModelFileError
 from clearvae.models import VAE, model_from_file
 from clearvae.visual import make_grid
 
 
 def load(path: str | os.PathLike, weights: str = "auto") -> VAE:
     """Load a VAE from a clearvae model file or training checkpoint (EMA weights)."""
-    return model_from_file(load_file(path), source=str(path), weights=weights)
+    loaded = load_file(path)
+    if loaded.model_config.get("kind") == "hyperprior":
+        raise ModelFileError(f"'{path}' is an image codec, not a generative VAE: use "
+                             "clearvae.load_codec, or clearvae compress / decompress")
+    return model_from_file(loaded, source=str(path), weights=weights)
 
 
 def sample_grid(model: VAE, n: int = 64, temperature: float = 1.0, seed: int = 0,

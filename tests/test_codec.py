@@ -236,6 +236,14 @@ def test_codec_file_round_trip(codec, tmp_path):
     assert np.array_equal(again.decompress(data), codec.decompress(data))
 
 
+def test_loading_a_codec_as_a_vae_is_refused(codec, tmp_path):
+    from clearvae.generate import load
+
+    path = save_codec(codec, tmp_path / "c.safetensors")
+    with pytest.raises(ModelFileError, match="load_codec"):
+        load(path)
+
+
 def test_loading_a_vae_as_a_codec_is_refused(tmp_path):
     from clearvae import checkpoint
     from clearvae.models import ConvVAEConfig
