@@ -61,10 +61,6 @@ class Config:
         """Plain data (lists for tuples) that ``from_dict`` accepts back."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def replace(self: C, **changes: Any) -> C:
-        """A copy with some fields changed (validated again)."""
-        return type(self).from_dict({**self.to_dict(), **changes})
-
 
 def _config_class(hint: Any) -> type[Config] | None:
     for option in get_args(hint) or (hint,):
@@ -79,12 +75,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for option in get_args(hint):
             try:
                 return _coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} is not a valid {_name(hint)}")
     if origin is Literal:
         if value not in get_args(hint):
