@@ -86,6 +86,7 @@ class TrainConfig(Config):
     eval_every: int = 0  # 0: evaluate only at the end
     eval_images: int = 1000
     init_from: str | None = None  # start from the weights of this model file or checkpoint
+    max_minutes: float | None = None  # also stop after this much wall time (equal budgets)
     accelerator: str = "auto"
     devices: int = 1
     strategy: str = "auto"
@@ -180,7 +181,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
 
     logger = MetricsLog(out, start, enabled=fabric.global_rank == 0)
     bar = _progress(fabric, start, config.max_steps, progress)
-    skipped_in_a_row, t0 = 0, time.perf_counter()
+    skipped_in_a_row, t0, last = 0, time.perf_counter(), config.max_steps
     for step, x in zip(range(start, config.max_steps), loader):
         torch.manual_seed(hash((config.seed, step, fabric.global_rank)) & 0x7FFFFFFF)
         for group in optimizer.param_groups:
@@ -196,7 +197,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
             skipped_in_a_row = 0
             _update_ema(ema, model, config.ema_decay)
         bar.update(1)
-        if (step + 1) % config.log_every == 0 or step + 1 == config.max_steps:
+        if config.max_minutes and (step + 1) % config.log_every == 0:
+            over = time.perf_counter() - t0 > 60 * config.max_minutes
+            if fabric.broadcast(over):  # rank 0's clock decides for everyone
+                last = step + 1
+        if (step + 1) % config.log_every == 0 or step + 1 == last:
             metrics["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
             logger.log(step + 1, metrics)
             shown = {k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics}
@@ -208,14 +213,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
                              + f"  {metrics['steps_per_s']:.2f} steps/s  eta {eta:.0f}s")
         if config.eval_every and (step + 1) % config.eval_every == 0 and d.val and is_vae:
             logger.log(step + 1, _val_metrics(ema, config, fabric))
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == last:
             info["replica_fingerprints"] = _check_replicas(fabric, model)
             if fabric.global_rank == 0:
                 save_checkpoint(ckpt_path, config, model, ema, optimizer, step + 1, info)
+        if step + 1 == last:
+            break
     bar.close()
     logger.close()
 
-    info["steps"] = config.max_steps
+    info["steps"] = last
+    info["train_seconds"] = round(time.perf_counter() - t0, 1)
     if d.val and is_vae:
         info["val"] = _val_metrics(ema, config, fabric)
     model_path = out / MODEL_NAME

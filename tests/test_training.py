@@ -137,3 +137,10 @@ def test_init_from_starts_from_earlier_weights(tmp_path):
                     model={"kind": "conv", "widths": [8, 8], "latent_channels": 2})
     with pytest.raises(TrainingError, match="another config"):
         train(other)
+
+
+def test_max_minutes_stops_at_a_log_interval_with_a_checkpoint(tmp_path):
+    path = train(_config(tmp_path, max_steps=1000, max_minutes=1e-9, log_every=3))
+    info = checkpoint.load_file(path).info
+    assert info["steps"] == 3 and info["train_seconds"] >= 0
+    assert checkpoint.load_file(tmp_path / training.CHECKPOINT_NAME).info["step"] == 3
