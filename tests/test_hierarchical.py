@@ -17,6 +17,7 @@ from clearvae.models import (
 )
 from clearvae.models.hierarchical import Gaussian
 from clearvae.training import TrainConfig, train
+from tests.conftest import bar_patterns, fit
 
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "logistic_mixture"]
 # Two resolutions (12 -> 6), one group at full and two at half resolution: G = 3.
@@ -129,21 +130,9 @@ def test_iw_bound_is_at_least_the_elbo_on_average():
 
 def test_loss_goes_down_on_a_tiny_set():
     model = _model(widths=(16, 32), blocks_per_resolution=(0, 2), bottleneck=0.5)
-    # Eight fixed binary patterns (bars at different places): learnable structure.
-    x = torch.zeros(8, 1, 12, 12)
-    for i in range(8):
-        x[i, 0, :, i : i + 3] = 1.0
-        x[i, 0, i : i + 2, :] = 1.0
     # Without normalisation layers and with small initial outputs, the model needs a larger
     # step than the conv VAE's test to get this far in 60 steps.
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        terms = vae_loss(model(x))
-        opt.zero_grad()
-        terms.loss.backward()
-        opt.step()
-        losses.append(terms.loss.item())
+    losses, terms = fit(model, bar_patterns(), lr=1e-2)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert terms.kl > 1.0  # by using its latents, not only by learning the mean image
 

@@ -11,6 +11,7 @@ from clearvae.models import (
     model_config_from_dict,
     vae_loss,
 )
+from tests.conftest import bar_patterns, fit
 
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "logistic_mixture"]
 TINY_CONV = dict(widths=(8, 16), latent_channels=2, attention=True)
@@ -88,20 +89,7 @@ def test_weights_change_after_one_step():
 def test_loss_goes_down_on_a_tiny_set(kind):
     torch.manual_seed(0)
     config = _configs(1, "bernoulli")[0 if kind == "dense" else 1]
-    model = build_model(config)
-    # Eight fixed binary patterns (bars at different places): learnable structure.
-    x = torch.zeros(8, 1, 12, 12)
-    for i in range(8):
-        x[i, 0, :, i : i + 3] = 1.0
-        x[i, 0, i : i + 2, :] = 1.0
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(60):
-        terms = vae_loss(model(x))
-        opt.zero_grad()
-        terms.loss.backward()
-        opt.step()
-        losses.append(terms.loss.item())
+    losses, _ = fit(build_model(config), bar_patterns())
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
 
 
