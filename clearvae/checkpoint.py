@@ -47,6 +47,13 @@ class Loaded:
         n = len(prefix) + 1
         return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
+    def weights(self, which: Literal["ema", "live"] = "ema") -> dict[str, torch.Tensor]:
+        """The network weights to use: a model file's own (without its coding tables), or a
+        checkpoint's averaged (``ema``) or current (``live``) ones."""
+        if self.kind == "checkpoint":
+            return self.section("model" if which == "live" else "ema")
+        return {k: v for k, v in self.tensors.items() if not k.startswith("tables.")}
+
 
 def save_file(path: str | os.PathLike, kind: FileKind, tensors: dict[str, torch.Tensor],
               model_config: dict[str, Any], info: dict[str, Any] | None = None,

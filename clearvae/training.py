@@ -352,8 +352,7 @@ def _init_weights(path: Path, config: TrainConfig, model: torch.nn.Module,
     if model_config_from_dict(loaded.model_config) != config.model:
         raise TrainingError(f"init_from '{path}' holds a model with another config; use a "
                             "model config identical to the one it was trained with")
-    weights = loaded.tensors if loaded.kind == "model" else loaded.section("ema")
-    weights = {k: v for k, v in weights.items() if not k.startswith("tables.")}
+    weights = loaded.weights()
     model.load_state_dict(weights)
     ema.load_state_dict(weights)
 

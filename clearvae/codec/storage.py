@@ -45,8 +45,7 @@ def load_codec(path: str | os.PathLike | None = None) -> Codec:
                              "image codec (kind hyperprior)")
     config = HyperpriorCodecConfig.from_dict(loaded.model_config)
     model = HyperpriorCodec(config)
-    weights = loaded.tensors if loaded.kind == "model" else loaded.section("ema")
-    weights = {k: v for k, v in weights.items() if not k.startswith("tables.")}
+    weights = loaded.weights()
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -51,12 +51,8 @@ def model_from_file(loaded: Any, source: str = "file", weights: str = "auto") ->
     """
     config = model_config_from_dict(loaded.model_config)
     model = build_model(config)
-    if loaded.kind == "model":
-        state = loaded.tensors
-    else:
-        state = loaded.section("model" if weights == "live" else "ema")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(loaded.weights("live" if weights == "live" else "ema"))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()
         raise ModelFileError(
