@@ -24,7 +24,6 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bdrate import bd_psnr, bd_rate
+from machine import machine_info
 from PIL import AvifImagePlugin, Image, features
 
 from clearvae.codec.storage import load_codec
@@ -149,23 +149,10 @@ def bd_entry(ours: list[Point], rate: list[float], quality: list[float], label: 
                 "error": f"{exc} (curve A: {label}, curve B: ours)"}
 
 
-def _cpu_model() -> str:
-    """The CPU's marketing name (Linux); ``platform.processor()`` is often empty there."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def machine(threads: int) -> dict:
-    return {"processor": platform.processor(), "cpu_model": _cpu_model(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "pillow": Image.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"),
-            "libwebp": features.version("webp"), "libavif": features.version("avif")}
+    return machine_info(("pillow",), torch_threads=threads,
+                        libjpeg_turbo=features.version("libjpeg_turbo"),
+                        libwebp=features.version("webp"), libavif=features.version("avif"))
 
 
 def speed_line(ours: list[Point], threads: int) -> str:

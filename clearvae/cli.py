@@ -56,8 +56,44 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite existing outputs")
     s.set_defaults(func=cmd_decompress)
 
+    s = sub.add_parser("denoise", help="denoise images with a denoising VAE")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("-o", "--output", help="output file (one input) or folder (default: "
+                   "NAME_denoised.png beside each input)")
+    s.add_argument("--model", help="denoiser model file (default: the bundled one)")
+    s.add_argument("-k", "--samples", type=int, default=8,
+                   help="posterior samples averaged into the estimate (default %(default)s)")
+    s.add_argument("--save-samples", type=int, default=0, metavar="N",
+                   help="also write N individual samples (NAME_sample{k}.png)")
+    s.add_argument("--std", action="store_true", help="also write the per-pixel standard "
+                   "deviation of the samples (NAME_std.png)")
+    s.add_argument("--sigma", type=float, help="noise std on the 0-255 scale (default: "
+                   "estimated from each image)")
+    s.add_argument("--tile", type=int, default=256, help="tile size for large images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ignore-noise-level", action="store_true",
+                   help="denoise even images far noisier than the model was trained for")
+    s.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    s.set_defaults(func=cmd_denoise)
+
+    s = sub.add_parser("inpaint", help="fill the masked pixels of an image")
+    s.add_argument("input", help="image file")
+    s.add_argument("--mask", required=True, help="image of the same size, white (nonzero) "
+                   "where pixels are to be filled")
+    s.add_argument("-o", "--output", help="output file (default NAME_inpainted.png)")
+    s.add_argument("--model", help="denoiser or VAE model file (default: the bundled denoiser)")
+    s.add_argument("-n", "--samples", type=int, default=1,
+                   help="number of different fillings (the others as OUTPUT_sample{k}.png)")
+    s.add_argument("--iterations", type=int, default=50, help="sampling sweeps (default 50)")
+    s.add_argument("--tile", type=int, default=256, help="tile size for large images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    s.set_defaults(func=cmd_inpaint)
+
     s = sub.add_parser("train", help="train a model from a YAML config and/or flags")
     s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
+    s.add_argument("--preset", help="start from a built-in config: denoise-noisy (a folder "
+                   "of noisy images) or denoise-synthetic (clean images + Gaussian noise)")
     s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
                    "or synthetic-digits")
     s.add_argument("--val", help="held-out data evaluated at the end")
@@ -124,6 +160,10 @@ def build_train_config(args: argparse.Namespace) -> Any:
     from clearvae.training import CHECKPOINT_NAME, TrainConfig
 
     data: dict[str, Any] = {}
+    if args.preset:
+        from clearvae.restore.presets import preset
+
+        data = preset(args.preset)
     if args.config:
         try:
             data = yaml.safe_load(Path(args.config).read_text()) or {}
@@ -131,6 +171,9 @@ def build_train_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"cannot read config '{args.config}': {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config '{args.config}' must be a mapping of keys to values")
+        if args.preset:
+            raise ConfigError("give --config or --preset, not both (override a preset's "
+                              "keys with --set)")
     elif args.resume and args.out:
         from clearvae.checkpoint import load_file
 
@@ -294,6 +337,38 @@ def cmd_decompress(args: argparse.Namespace) -> None:
                                unit="image", disable=len(args.inputs) < 2):
         r = decompress_file(codec, source, target, overwrite=args.force)
         print(f"{source} -> {target}: {r.compressed_bytes} bytes, {r.bpp:.3f} bpp")
+
+
+def cmd_denoise(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from clearvae.data import IMAGE_EXTENSIONS
+    from clearvae.restore.denoise import load_denoiser
+    from clearvae.restore.files import denoise_file
+
+    model = load_denoiser(args.model)
+    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS, ".png")
+    if not args.output:  # beside the input, never over it
+        pairs = [(s, s.with_name(f"{s.stem}_denoised.png")) for s, _ in pairs]
+    for source, target in tqdm(pairs, unit="image", disable=len(pairs) < 2):
+        written, result = denoise_file(
+            model, source, target, samples=args.samples, save_samples=args.save_samples,
+            std_map=args.std, sigma=args.sigma, tile=args.tile, seed=args.seed,
+            force_noise=args.ignore_noise_level, overwrite=args.force)
+        extra = f" (+ {', '.join(map(str, written.extras))})" if written.extras else ""
+        print(f"{source} -> {target}{extra}: noise sigma {result.sigma:.1f} "
+              f"({'given' if args.sigma else 'estimated'}), {args.samples} samples")
+
+
+def cmd_inpaint(args: argparse.Namespace) -> None:
+    from clearvae.restore.files import inpaint_file
+    from clearvae.restore.inpaint import load_restorer
+
+    written, _ = inpaint_file(load_restorer(args.model), args.input, args.mask, args.output,
+                              samples=args.samples, iterations=args.iterations, tile=args.tile,
+                              seed=args.seed, overwrite=args.force)
+    extra = f" (+ {len(written.extras)} more samples)" if written.extras else ""
+    print(f"{args.input} -> {written.target}{extra}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ def _batches(dataset: Any, limit: int | None, batch_size: int) -> Iterator[Tenso
 
 @torch.no_grad()
 def evaluate(model: VAE, dataset: Any, *, limit: int | None = None, batch_size: int = 100,
-             iw_samples: int = 1000, iw_chunk: int = 100, seed: int = 0,
+             iw_samples: int = 1000, iw_chunk: int = 50, seed: int = 0,
              device: str | torch.device = "cpu") -> dict[str, Any]:
     """Metrics over the first ``limit`` images of ``dataset``, as a JSON-able dict.
 

@@ -23,6 +23,9 @@ def load(path: str | os.PathLike, weights: str = "auto") -> VAE:
     if loaded.model_config.get("kind") == "hyperprior":
         raise ModelFileError(f"'{path}' is an image codec, not a generative VAE: use "
                              "clearvae.load_codec, or clearvae compress / decompress")
+    if loaded.model_config.get("kind") == "denoiser":
+        raise ModelFileError(f"'{path}' is a denoiser, not a generative VAE: use "
+                             "clearvae.denoise / clearvae.inpaint, or clearvae denoise / inpaint")
     return model_from_file(loaded, source=str(path), weights=weights)
 
 

@@ -47,6 +47,7 @@ class DataConfig(Config):
     mode: Literal["crop", "resize", "full"] = "crop"
     channels: int | None = None  # 1 = gray, 3 = RGB, None = as the data is
     on_error: Literal["raise", "skip"] = "raise"  # unreadable image: stop, or warn and skip
+    preload: bool = False  # image folders: decode every file once and keep it in memory
     num_workers: int = 0
 
 
@@ -139,8 +140,12 @@ class StepBatches(torch.utils.data.Sampler):
             yield keys[self.rank :: self.world]
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
-    """Train (or resume) a model; returns the path of the final model file."""
+def train(config: TrainConfig, resume: bool = False, progress: bool | None = None,
+          dataset: torch.utils.data.Dataset | None = None) -> Path:
+    """Train (or resume) a model; returns the path of the final model file.
+
+    ``dataset`` (items: keys ``(index, seed)`` -> (C, H, W) tensors) replaces ``data.train``,
+    for images held in memory."""
     from lightning_fabric import Fabric  # imported here: slow, and only training needs it
 
     from clearvae.data import open_dataset
@@ -153,6 +158,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     fabric.launch()
     fabric.seed_everything(config.seed, verbose=False)  # the same initial weights everywhere
 
+    config = _fit_to_data(config, dataset)
     model = build_model(config.model)
     is_vae = isinstance(model, VAE)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -170,14 +176,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     ema.to(fabric.device)
 
     d = config.data
-    dataset = open_dataset(d.train, "train", size=d.size, mode=d.mode, channels=d.channels,
-                           on_error=d.on_error)
+    source = d.train if dataset is None else "in memory"
+    if dataset is None:
+        dataset = open_dataset(d.train, "train", size=d.size, mode=d.mode, channels=d.channels,
+                               on_error=d.on_error, preload=d.preload)
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps,
                           fabric.global_rank, fabric.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
                                          num_workers=d.num_workers)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
-    info = {"data": d.train, "data_images": len(dataset), "world_size": fabric.world_size}
+    info = {"data": source, "data_images": len(dataset), "world_size": fabric.world_size}
 
     logger = MetricsLog(out, start, enabled=fabric.global_rank == 0)
     bar = _progress(fabric, start, config.max_steps, progress)
@@ -252,10 +260,18 @@ def codec_objective(model: Any, x: Tensor, objective: ObjectiveConfig,
     return rd_loss(model, x)
 
 
+def denoiser_objective(model: Any, x: Tensor, objective: ObjectiveConfig,
+                       step: int) -> tuple[Tensor, dict[str, float]]:
+    """-ELBO of the denoising VAE under its noise model."""
+    from clearvae.models.denoiser import denoise_objective
+
+    return denoise_objective(model, x, objective, step)
+
+
 # The loss of each model family: (model, batch, objective, step) -> (loss, metrics).
 OBJECTIVES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {
     "dense": vae_objective, "conv": vae_objective, "hierarchical": vae_objective,
-    "hyperprior": codec_objective,
+    "denoiser": denoiser_objective, "hyperprior": codec_objective,
 }
 
 
@@ -326,6 +342,30 @@ def save_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, ema
     checkpoint.save_file(path, "checkpoint", tensors, config.model.to_dict(),
                          {**info, "step": step},
                          extra={"train_config": json.dumps(config.to_dict()), "optimizer": groups})
+
+
+def _fit_to_data(config: TrainConfig, dataset: Any = None) -> TrainConfig:
+    """``config`` with the model parameters that come from the training data filled in: the
+    noise level of a denoiser trained on noisy images, estimated from (up to 200 of) them.
+    Deterministic, so a resumed run estimates the same values and matches its checkpoint."""
+    from clearvae.data import open_dataset
+    from clearvae.noise import fit_noise
+
+    model = config.model
+    if model.kind != "denoiser" or model.noise.known:
+        return config
+    d = config.data
+    if dataset is None:  # whole images, not crops
+        dataset = open_dataset(d.train, "train", channels=d.channels, on_error=d.on_error)
+    images = [_hwc(dataset[i]) for i in range(min(len(dataset), 200))]
+    noise = fit_noise(model.noise, images)
+    print(f"noise model estimated from {len(images)} training images: "
+          f"{ {k: round(v, 6) for k, v in noise.to_dict().items() if isinstance(v, float)} }")
+    return dataclasses.replace(config, model=dataclasses.replace(model, noise=noise))
+
+
+def _hwc(x: Tensor) -> Any:
+    return x.permute(1, 2, 0).numpy()
 
 
 def _restore(path: Path, config: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module,

@@ -4,6 +4,7 @@
 
 from clearvae.data.images import (
     IMAGE_EXTENSIONS,
+    FloatImages,
     ImageFolder,
     fit_to_size,
     list_images,
@@ -24,6 +25,7 @@ from clearvae.data.synthetic import SyntheticDigits
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "FloatImages",
     "ImageFolder",
     "SyntheticDigits",
     "TensorImages",

@@ -301,3 +301,31 @@ class ImageFolder(torch.utils.data.Dataset):
             except DataError:
                 bad.append(path)
         return bad
+
+
+class FloatImages(torch.utils.data.Dataset):
+    """Float images held in memory, e.g. noisy data that strays outside [0, 1] (not clipped).
+
+    ``images``: (H, W) or (H, W, C) arrays; items are (C, H, W) float32 tensors, cut to
+    ``size`` like ``ImageFolder`` (a key ``(index, seed)`` places a random crop).
+    """
+
+    def __init__(self, images: list[np.ndarray], size: int | tuple[int, int] | None = None,
+                 mode: Mode = "crop") -> None:
+        self.images = []
+        for i, image in enumerate(images):
+            a = np.asarray(image, dtype=np.float32)
+            a = a[..., None] if a.ndim == 2 else a
+            if a.ndim != 3 or a.shape[-1] not in (1, 3):
+                raise DataError(f"image {i}: expected (H, W) or (H, W, C) with C = 1 or 3, got "
+                                f"shape {np.shape(image)}")
+            self.images.append(np.ascontiguousarray(a.transpose(2, 0, 1)))
+        self.size, self.mode = check_fit(size, mode), mode
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = split_key(key, len(self))
+        image = fit_to_size(self.images[index], self.size, self.mode, seed)
+        return torch.from_numpy(np.ascontiguousarray(image))

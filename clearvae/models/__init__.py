@@ -16,10 +16,11 @@ MODELS: dict[str, type[VAE]] = {
 
 
 def families() -> dict[str, Any]:
-    """Every trainable model family by kind: the VAEs and the image codec."""
+    """Every trainable model family by kind: the VAEs, the denoiser and the image codec."""
     from clearvae.codec.model import HyperpriorCodec  # here: the codec imports our layers
+    from clearvae.models.denoiser import DenoisingVAE  # and the denoiser wraps our VAEs
 
-    return {**MODELS, "hyperprior": HyperpriorCodec}
+    return {**MODELS, "denoiser": DenoisingVAE, "hyperprior": HyperpriorCodec}
 
 
 def model_config_from_dict(data: dict[str, Any]) -> Any:

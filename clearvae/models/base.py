@@ -113,8 +113,9 @@ class VAE(nn.Module):
         """One pass with a reparameterised posterior sample; ``target`` defaults to ``x``."""
         raise NotImplementedError
 
-    def log_weight(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        """(B,) log p(x, z) - log q(z | x) for one z ~ q(z | x): an importance weight."""
+    def log_weight(self, x: Tensor, target: Tensor | None = None, n: int = 1) -> Tensor:
+        """(B, n) importance weights log p(x, z) - log q(z | x), for n draws z ~ q(z | x) per
+        image. Families run the encoder (bottom-up) pass once per image, not once per draw."""
         raise NotImplementedError
 
     def sample(
@@ -142,17 +143,23 @@ class VAE(nn.Module):
             )
 
     @torch.no_grad()
-    def iw_log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100,
-                          target: Tensor | None = None) -> Tensor:
+    def iw_log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 50,
+                          target: Tensor | None = None, max_forward: int = 200) -> Tensor:
         """(B,) importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i | x), which
-        tightens towards log p(x) as k grows (Burda et al., "IWAE", ICLR 2016)."""
-        weights = []
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            xs = x.repeat_interleave(n, 0)
-            ts = None if target is None else target.repeat_interleave(n, 0)
-            weights.append(self.log_weight(xs, ts).view(x.shape[0], n))
-        return torch.logsumexp(torch.cat(weights, 1), 1) - math.log(k)
+        tightens towards log p(x) as k grows (Burda et al., "IWAE", ICLR 2016).
+
+        Each forward pass draws ``chunk`` samples for each of max(1, max_forward // chunk)
+        images: on CPU, passes of ~200 small images ran 2x faster per sample than passes of
+        10 000 (which fall out of the caches).
+        """
+        per_pass = max(1, max_forward // chunk)
+        out = []
+        for i in range(0, x.shape[0], per_pass):
+            xs, ts = x[i:i + per_pass], None if target is None else target[i:i + per_pass]
+            weights = [self.log_weight(xs, ts, min(chunk, k - start))
+                       for start in range(0, k, chunk)]
+            out.append(torch.logsumexp(torch.cat(weights, 1), 1) - math.log(k))
+        return torch.cat(out)
 
 
 class FlatVAE(VAE):
@@ -183,14 +190,17 @@ class FlatVAE(VAE):
         # Free-bits groups: one per latent channel (dense: per dimension), summed over space.
         return VAEOutput(distortion, kl.flatten(2).sum(2) if kl.ndim > 2 else kl, params)
 
-    def log_weight(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        z, mu, logvar = self._posterior_sample(x)
+    def log_weight(self, x: Tensor, target: Tensor | None = None, n: int = 1) -> Tensor:
+        self.check_input(x)
+        mu, logvar = (t.repeat_interleave(n, 0) for t in self.encode(x))  # (B n, ...)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         params = self.decode(z, x.shape[-2:])
-        log_px = self.likelihood.log_prob(params, x if target is None else target)
+        target = (x if target is None else target).repeat_interleave(n, 0)
+        log_px = self.likelihood.log_prob(params, target)
         zeros = torch.zeros_like(z)
         log_pz = gaussian_log_prob(z, zeros, zeros).flatten(1).sum(1)
         log_qz = gaussian_log_prob(z, mu, logvar).flatten(1).sum(1)
-        return log_px + log_pz - log_qz
+        return (log_px + log_pz - log_qz).view(x.shape[0], n)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,

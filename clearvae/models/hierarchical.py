@@ -265,11 +265,14 @@ class HierarchicalVAE(VAE):
         kl = torch.stack([g.posterior.kl(g.prior) for g in groups], dim=1)  # (B, G)
         return VAEOutput(distortion, kl, params)
 
-    def log_weight(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        params, groups = self._top_down(x.shape[0], x.shape[-2:], self._bottom_up(x),
+    def log_weight(self, x: Tensor, target: Tensor | None = None, n: int = 1) -> Tensor:
+        acts = [a.repeat_interleave(n, 0) for a in self._bottom_up(x)]  # (B n, ...) each
+        params, groups = self._top_down(x.shape[0] * n, x.shape[-2:], acts,
                                         lambda i, p, q: q.sample())
-        log_px = self.likelihood.log_prob(params, x if target is None else target)
-        return log_px + sum(g.prior.log_prob(g.z) - g.posterior.log_prob(g.z) for g in groups)
+        target = (x if target is None else target).repeat_interleave(n, 0)
+        log_px = self.likelihood.log_prob(params, target)
+        log_w = log_px + sum(g.prior.log_prob(g.z) - g.posterior.log_prob(g.z) for g in groups)
+        return log_w.view(x.shape[0], n)
 
     def temperatures(self, temperature: float | Sequence[float]) -> list[float]:
         """One temperature per group from a number or a per-group list (top group first)."""

@@ -1,0 +1,143 @@
+"""Denoising with a denoising VAE: MMSE estimate, posterior samples and an uncertainty map.
+
+    noisy image (H, W[, C]) --tiles--> K posterior draws s_1..s_K per tile (DenoisingVAE)
+        mean = (1/K) sum s_k       the MMSE estimate (Prakash et al., DivNoising, ICLR 2021)
+        std  = sqrt(mean(s_k^2) - mean^2)    per-pixel spread of the plausible clean images
+
+A 1-channel model denoises an RGB image channel by channel. Images are floats on the [0, 1]
+scale (values outside it, as unclipped noisy data has, are fine) or 8/16-bit integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clearvae import checkpoint
+from clearvae.errors import DataError, ModelFileError
+from clearvae.models import model_from_file
+from clearvae.models.denoiser import DenoisingVAE
+from clearvae.noise import estimate_sigma
+from clearvae.restore.tiles import tiled
+
+DEFAULT_MODEL = "denoiser-default.safetensors"
+NOISE_MARGIN = 1.5  # refuse inputs estimated noisier than 1.5x the trained maximum (+5)
+
+
+def default_denoiser_path() -> Path:
+    """Where the bundled denoiser lives inside the installed package."""
+    return Path(str(resources.files("clearvae") / "weights" / DEFAULT_MODEL))
+
+
+def load_denoiser(path: str | os.PathLike | None = None) -> DenoisingVAE:
+    """A denoising VAE from a model file or checkpoint (None: the bundled default)."""
+    path = Path(path) if path is not None else default_denoiser_path()
+    if not path.exists():
+        if path == default_denoiser_path():
+            raise ModelFileError(f"the bundled denoiser '{path}' is not installed; pass a model "
+                                 "trained with `clearvae train` (kind denoiser)")
+        raise ModelFileError(f"no such model file: '{path}'")
+    loaded = checkpoint.load_file(path)
+    kind = loaded.model_config.get("kind")
+    if kind != "denoiser":
+        raise ModelFileError(f"'{path}' holds a {kind} model, not a denoiser: train one with a "
+                             "denoising config (see configs/denoise-*.yaml)")
+    return model_from_file(loaded, str(path))  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class Denoised:
+    """Arrays have the input's (H, W) or (H, W, C) shape, float32 on the [0, 1] scale."""
+
+    mean: np.ndarray  # MMSE estimate, clipped to [0, 1]
+    std: np.ndarray  # per-pixel std of the posterior samples
+    samples: np.ndarray | None  # (K, ...) individual posterior samples, clipped, on request
+    sigma: float  # noise std of the input (0-255 scale): as given, or estimated
+
+
+def as_float_image(image: Any) -> tuple[np.ndarray, int | None]:
+    """(H, W, C) float32 on the [0, 1] scale and the integer bit depth (None for floats)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3) or min(a.shape[:2]) < 1:
+        raise DataError(f"expected an image (H, W) or (H, W, C) with C = 1 or 3, got shape "
+                        f"{tuple(np.shape(image))}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0, 8
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0, 16
+    if a.dtype.kind != "f":
+        raise DataError(f"image pixels must be uint8, uint16 or float, got {a.dtype}")
+    if not np.isfinite(a).all():
+        raise DataError("the image holds NaN or infinite values")
+    return a.astype(np.float32), None
+
+
+def _planes(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
+    """(B, c, H, W): the image as the model's batch (channels as a batch for a gray model)."""
+    c, mc = image.shape[-1], model.config.image_channels
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (C, H, W)
+    if mc == c:
+        return x[None]
+    if mc == 1:
+        return x[:, None]
+    raise DataError(f"this model denoises {mc}-channel images; the image has {c} channel(s)")
+
+
+def _unplanes(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """(..., B, c, H, W) back to (..., H, W, C), squeezed to the input's rank."""
+    t = t.flatten(-4, -3)  # (..., C, H, W)
+    a = t.movedim(-3, -1).numpy()
+    return a[..., 0] if len(shape) == 2 else a
+
+
+def check_noise_level(model: DenoisingVAE, sigma: float) -> None:
+    """Refuse an image far noisier than the model was trained for."""
+    top = model.config.noise.max_sigma
+    if top and sigma > NOISE_MARGIN * top + 5:
+        raise DataError(f"the image's noise (sigma ~{sigma:.1f} on the 0-255 scale) is far above "
+                        f"what this model was trained for (up to {top:.1f}); the result would "
+                        "be unreliable. Use or train a model for this noise level, or pass "
+                        "force=True (CLI: --ignore-noise-level) to denoise anyway")
+
+
+@torch.no_grad()
+def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *,
+            samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
+            tile: int = 256, overlap: int | None = None, seed: int = 0,
+            force: bool = False) -> Denoised:
+    """Denoise one image with ``samples`` posterior draws (see ``Denoised``)."""
+    if samples < 1:
+        raise DataError(f"samples must be >= 1, got {samples}")
+    if not isinstance(model, DenoisingVAE):
+        model = load_denoiser(model)
+    model = model.eval()
+    shape = np.shape(image)
+    x01, _ = as_float_image(image)
+    sigma = estimate_sigma(x01) if sigma is None else float(sigma)
+    if not force:
+        check_noise_level(model, sigma)
+    x = _planes(model, x01)  # (B, c, H, W)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+
+        def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            draws = model.posterior_samples(x[..., y0:y1, x0:x1].to(device), samples)
+            moments = torch.stack([draws.mean(0), draws.square().mean(0)])  # (2, B, c, h, w)
+            parts = [moments, draws] if keep_samples else [moments]
+            return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
+
+        out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)
+    out = out.view(-1, *x.shape)  # (2 [+ K], B, c, H, W)
+    mean, second = out[0], out[1]
+    std = (second - mean.square()).clamp_min(0).sqrt()
+    draws = _unplanes(out[2:].clamp(0, 1), shape) if keep_samples else None
+    return Denoised(_unplanes(mean.clamp(0, 1), shape), _unplanes(std, shape), draws, sigma)

@@ -1,0 +1,39 @@
+"""Training presets for denoisers: ``clearvae train --preset NAME`` starts from one of these.
+
+``denoise-noisy``: learn from a folder of noisy gray images alone (set ``data.train``; the
+Gaussian noise level is estimated from the images unless ``model.noise.sigma`` is given;
+``model.noise.kind=poisson_gaussian`` for photon-limited data). ``denoise-synthetic``: learn
+from clean gray images with Gaussian noise of sigma 5-50 added on the fly, as the bundled
+denoiser was. Both use a hierarchical (HDN-style) backbone with latents at four resolutions,
+sized for a CPU (0.19 s per step of 16 crops of 64x64 on one busy core).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from clearvae.errors import ConfigError
+
+_BACKBONE = {"kind": "hierarchical", "likelihood": "gaussian", "image_channels": 1,
+             "image_size": [64, 64], "widths": [16, 32, 48, 64],
+             "blocks_per_resolution": [1, 1, 1, 1], "latent_channels": 8, "bottleneck": 0.5}
+_COMMON = {"data": {"size": [64, 64], "mode": "crop", "channels": 1, "preload": True},
+           "batch_size": 16, "lr": 3e-4, "lr_warmup_steps": 200, "grad_clip": 200.0,
+           "skip_threshold": 2000.0, "ema_decay": 0.999, "checkpoint_every": 500,
+           "log_every": 100, "max_steps": 20000}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "denoise-noisy": {**_COMMON, "model": {"kind": "denoiser", "backbone": _BACKBONE,
+                                           "noise": {"kind": "gaussian"}}},
+    "denoise-synthetic": {**_COMMON, "model": {"kind": "denoiser", "backbone": _BACKBONE,
+                                               "noise": {"kind": "gaussian",
+                                                         "synthetic": [5.0, 50.0]}}},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A fresh copy of the training config ``name`` (plain data, for overrides)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
