@@ -150,6 +150,18 @@ def test_denoise_shapes_dtypes_and_determinism():
     assert gray.mean.shape == (40, 30) and gray.samples is None and gray.sigma == 20.0
 
 
+def test_the_bundled_denoiser_loads_and_denoises():
+    from clearvae.restore import default_denoiser_path, load_denoiser
+
+    assert default_denoiser_path().exists(), "the bundled denoiser is missing from the package"
+    model = load_denoiser()
+    assert model.config.noise.synthetic == (5.0, 50.0) and model.config.image_channels == 1
+    yy, xx = np.mgrid[0:48, 0:40] / 48
+    clean = (0.3 + 0.4 * (xx > 0.5) + 0.1 * yy).astype(np.float32)
+    noisy = clean + np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32) * 0.1
+    assert psnr(denoise(noisy, samples=2).mean, clean) > psnr(noisy, clean) + 3
+
+
 def test_denoise_refuses_far_noisier_images_unless_forced():
     model = tiny_denoiser(synthetic=[5, 20])
     noisy = 0.5 + np.random.default_rng(0).standard_normal((64, 64)) * 80 / 255
