@@ -359,7 +359,7 @@ def _fit_to_data(config: TrainConfig, dataset: Any = None) -> TrainConfig:
         dataset = open_dataset(d.train, "train", channels=d.channels, on_error=d.on_error)
     images = [_hwc(dataset[i]) for i in range(min(len(dataset), 200))]
     noise = fit_noise(model.noise, images)
-    print(f"noise model estimated from {len(images)} training images: "
+    print(f"noise model estimated from {len(images)} training images: "  # every rank: same
           f"{ {k: round(v, 6) for k, v in noise.to_dict().items() if isinstance(v, float)} }")
     return dataclasses.replace(config, model=dataclasses.replace(model, noise=noise))
 

@@ -80,7 +80,7 @@ def as_float_image(image: Any) -> tuple[np.ndarray, int | None]:
     return a.astype(np.float32), None
 
 
-def _planes(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
+def to_planes(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
     """(B, c, H, W): the image as the model's batch (channels as a batch for a gray model)."""
     c, mc = image.shape[-1], model.config.image_channels
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (C, H, W)
@@ -91,7 +91,7 @@ def _planes(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
     raise DataError(f"this model denoises {mc}-channel images; the image has {c} channel(s)")
 
 
-def _unplanes(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+def from_planes(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """(..., B, c, H, W) back to (..., H, W, C), squeezed to the input's rank."""
     t = t.flatten(-4, -3)  # (..., C, H, W)
     a = t.movedim(-3, -1).numpy()
@@ -124,7 +124,7 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
     sigma = estimate_sigma(x01) if sigma is None else float(sigma)
     if not force:
         check_noise_level(model, sigma)
-    x = _planes(model, x01)  # (B, c, H, W)
+    x = to_planes(model, x01)  # (B, c, H, W)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -139,5 +139,5 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
     out = out.view(-1, *x.shape)  # (2 [+ K], B, c, H, W)
     mean, second = out[0], out[1]
     std = (second - mean.square()).clamp_min(0).sqrt()
-    draws = _unplanes(out[2:].clamp(0, 1), shape) if keep_samples else None
-    return Denoised(_unplanes(mean.clamp(0, 1), shape), _unplanes(std, shape), draws, sigma)
+    draws = from_planes(out[2:].clamp(0, 1), shape) if keep_samples else None
+    return Denoised(from_planes(mean.clamp(0, 1), shape), from_planes(std, shape), draws, sigma)

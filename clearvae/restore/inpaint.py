@@ -25,7 +25,7 @@ from clearvae import checkpoint
 from clearvae.errors import DataError, ModelFileError
 from clearvae.models import VAE, model_from_file
 from clearvae.models.denoiser import DenoisingVAE
-from clearvae.restore.denoise import _planes, _unplanes, as_float_image, load_denoiser
+from clearvae.restore.denoise import as_float_image, from_planes, load_denoiser, to_planes
 from clearvae.restore.tiles import tiled
 
 
@@ -84,7 +84,7 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
     shape = np.shape(image)
     x01, _ = as_float_image(image)
     holes = torch.from_numpy(as_mask(mask, x01.shape[:2]))  # (H, W)
-    x = _planes(model, x01)  # (B, c, H, W)
+    x = to_planes(model, x01)  # (B, c, H, W)
     fill = x[..., ~holes].mean(-1)[..., None, None]  # (B, c, 1, 1): mean of the known pixels
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
@@ -102,4 +102,4 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
         out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)  # (S B, c, H, W)
     out = out.view(samples, *x.shape)
     out = torch.where(holes, out, x)  # blending never touches known pixels, but make it exact
-    return Inpainted(_unplanes(out.clamp(0, 1), shape))
+    return Inpainted(from_planes(out.clamp(0, 1), shape))
