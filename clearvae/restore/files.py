@@ -78,10 +78,7 @@ def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
     for path in [target, *extras]:
         _check_target(source, path, overwrite)
     image = read_image(source)
-    holes = read_image(mask, channels=1)[..., 0]
-    if holes.shape != image.shape[:2]:
-        raise DataError(f"mask '{mask}' is {holes.shape[1]}x{holes.shape[0]} but image "
-                        f"'{source}' is {image.shape[1]}x{image.shape[0]}: they must match")
+    holes = read_image(mask, channels=1)[..., 0]  # inpaint checks that the sizes match
     result = inpaint(image, holes, model, samples=samples, iterations=iterations, tile=tile,
                      seed=seed)
     depth = _depth(source, image.shape[-1])
