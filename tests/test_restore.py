@@ -150,6 +150,37 @@ def test_denoise_shapes_dtypes_and_determinism():
     assert gray.mean.shape == (40, 30) and gray.samples is None and gray.sigma == 20.0
 
 
+def test_opponent_planes_invert_exactly_and_keep_white_noise_white():
+    from clearvae.restore.denoise import from_opponent, to_opponent
+
+    rgb = torch.rand(2, 3, 1, 8, 9, dtype=torch.float64)
+    opp = to_opponent(rgb)
+    assert opp.min() >= 0 and opp.max() <= 1  # each plane of a [0, 1] image stays in [0, 1]
+    assert torch.allclose(from_opponent(opp), rgb, atol=1e-12)
+    noise = torch.randn(3, 1, 400, 400, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+    planes = (to_opponent(noise) - to_opponent(torch.zeros_like(noise))).flatten(1)
+    assert torch.allclose(planes.std(1), torch.tensor([3 ** -0.5, 2 ** -0.5, 6 ** 0.5 / 4],
+                                                      dtype=torch.float64), rtol=0.01)
+    corr = torch.corrcoef(planes)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 0.01
+
+
+def test_rgb_goes_through_opponent_planes_only_for_a_blind_gray_model():
+    from clearvae.restore.denoise import uses_opponent_planes
+
+    rgb, gray = np.zeros((8, 8, 3)), np.zeros((8, 8, 1))
+    assert uses_opponent_planes(tiny_denoiser(), rgb)
+    assert not uses_opponent_planes(tiny_denoiser(), gray)
+    assert not uses_opponent_planes(tiny_denoiser(sigma=25.0), rgb)  # one known sigma
+    # the std map is the spread of the RGB draws themselves (one tile: nothing blended)
+    image = np.random.default_rng(1).uniform(0.3, 0.7, (20, 24, 3)).astype(np.float32)
+    r = denoise(image, tiny_denoiser(), samples=5, keep_samples=True, tile=32)
+    inside = ((r.samples > 0) & (r.samples < 1)).all(0)
+    assert inside.sum() > 100  # (an untrained model: many of its draws leave [0, 1])
+    assert np.allclose(r.std[inside], r.samples.std(0)[inside], atol=1e-4)
+
+
 def test_the_bundled_denoiser_loads_and_denoises():
     from clearvae.restore import default_denoiser_path, load_denoiser
 
