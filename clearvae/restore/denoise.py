@@ -42,6 +42,7 @@ NOISE_MARGIN = 1.5  # refuse inputs estimated noisier than 1.5x the trained maxi
 # rows: the luminance and two colour-difference planes of an RGB pixel (see the module doc)
 OPPONENT = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]])
 OPPONENT_OFFSET = torch.tensor([0.0, 0.5, 0.5])
+OPPONENT_INVERSE = torch.linalg.inv(OPPONENT.double())
 
 
 def default_denoiser_path() -> Path:
@@ -127,8 +128,7 @@ def to_opponent(planes: torch.Tensor) -> torch.Tensor:
 def from_opponent(planes: torch.Tensor) -> torch.Tensor:
     """Opponent planes (..., 3, c, H, W) -> RGB planes; the exact inverse of ``to_opponent``."""
     centred = planes - OPPONENT_OFFSET.to(planes)[:, None, None, None]
-    inverse = torch.linalg.inv(OPPONENT.double()).to(planes)
-    return torch.einsum("ij,...jchw->...ichw", inverse, centred)
+    return torch.einsum("ij,...jchw->...ichw", OPPONENT_INVERSE.to(planes), centred)
 
 
 def check_noise_level(model: DenoisingVAE, sigma: float) -> None:
