@@ -61,8 +61,8 @@ def load_denoiser(path: str | os.PathLike | None = None) -> DenoisingVAE:
     loaded = checkpoint.load_file(path)
     kind = loaded.model_config.get("kind")
     if kind != "denoiser":
-        raise ModelFileError(f"'{path}' holds a {kind} model, not a denoiser: train one with a "
-                             "denoising config (see configs/denoise-*.yaml)")
+        raise ModelFileError(f"'{path}' holds a {kind} model, not a denoiser: train one with "
+                             "`clearvae train --preset denoise-noisy` (or denoise-synthetic)")
     return model_from_file(loaded, str(path))  # type: ignore[return-value]
 
 
