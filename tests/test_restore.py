@@ -24,6 +24,7 @@ from clearvae.noise import (
 )
 from clearvae.restore import denoise, fit_unsupervised, inpaint
 from clearvae.restore.files import denoise_file
+from clearvae.restore.inpaint import noise_schedule, smooth_fill
 from clearvae.restore.tiles import starts, tiled
 from clearvae.training import ObjectiveConfig
 from tests.conftest import bar_patterns
@@ -236,6 +237,35 @@ def test_inpaint_keeps_known_pixels_and_fills_the_holes():
     with pytest.raises(DataError, match="every pixel"):
         inpaint(image, np.ones_like(mask), model)
 
+
+
+def test_smooth_fill_continues_the_surroundings_into_a_hole():
+    h, w = 40, 50
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ramp = (0.3 * yy / h + 0.6 * xx / w)[None, None].float()  # (1, 1, H, W), range 0..0.9
+    holes = torch.zeros(h, w, dtype=torch.bool)
+    holes[10:30, 12:40] = True
+    out = smooth_fill(torch.where(holes, 0.0, ramp), holes)
+    assert torch.equal(out[..., ~holes], ramp[..., ~holes])
+    error = (out - ramp)[..., holes].abs()
+    mean_fill_error = (ramp[..., ~holes].mean() - ramp[..., holes]).abs()
+    assert error.mean() < 0.25 * mean_fill_error.mean() and error.max() < 0.05
+    flat = torch.full((2, 3, 16, 16), 0.7)  # a constant stays constant, every channel
+    assert torch.allclose(smooth_fill(flat, holes[:16, :16]), flat)
+
+
+def test_inpaint_anneals_a_blind_denoiser_and_keeps_rgb_pixels_exactly():
+    sigmas = noise_schedule(tiny_denoiser(), 5) * 255  # trained on sigma 20-30
+    assert sigmas[0] == pytest.approx(30) and sigmas[-1] == pytest.approx(20)
+    assert (sigmas.diff() < 0).all()
+    assert noise_schedule(tiny_denoiser(kind="gaussian", sigma=25.0), 5) is None
+    image = (np.random.default_rng(1).random((20, 24, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((20, 24), bool)
+    mask[4:14, 5:17] = True
+    out = inpaint(image, mask, tiny_denoiser(), samples=2, iterations=3, tile=16)
+    assert out.samples.shape == (2, 20, 24, 3) and out.mean.shape == (20, 24, 3)
+    assert np.array_equal(out.samples[:, ~mask], np.stack([image[~mask] / np.float32(255)] * 2))
+    assert not np.allclose(out.samples[0][mask], out.samples[1][mask])
 
 # --- training, files and the CLI -----------------------------------------------------------------
 

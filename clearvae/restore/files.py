@@ -68,7 +68,7 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
 
 def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  mask: str | os.PathLike, target: str | os.PathLike | None = None, *,
-                 samples: int = 1, iterations: int = 50, tile: int = 256, seed: int = 0,
+                 samples: int = 1, iterations: int = 20, tile: int = 256, seed: int = 0,
                  overwrite: bool = False) -> tuple[Written, Inpainted]:
     """Fill the white (nonzero) pixels of the ``mask`` image in ``source``; writes ``target``
     (default NAME_inpainted.png) and, for samples > 1, TARGET_sample{k}.png for the others."""
