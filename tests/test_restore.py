@@ -238,7 +238,6 @@ def test_inpaint_keeps_known_pixels_and_fills_the_holes():
         inpaint(image, np.ones_like(mask), model)
 
 
-
 def test_smooth_fill_continues_the_surroundings_into_a_hole():
     h, w = 40, 50
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -266,6 +265,7 @@ def test_inpaint_anneals_a_blind_denoiser_and_keeps_rgb_pixels_exactly():
     assert out.samples.shape == (2, 20, 24, 3) and out.mean.shape == (20, 24, 3)
     assert np.array_equal(out.samples[:, ~mask], np.stack([image[~mask] / np.float32(255)] * 2))
     assert not np.allclose(out.samples[0][mask], out.samples[1][mask])
+
 
 # --- training, files and the CLI -----------------------------------------------------------------
 

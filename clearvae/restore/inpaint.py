@@ -147,10 +147,9 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
     shape = np.shape(image)
     x01, _ = as_float_image(image)
     holes = torch.from_numpy(as_mask(mask, x01.shape[:2]))  # (H, W)
-    x = to_planes(model, x01)  # (B, c, H, W)
+    planes = to_planes(model, x01)  # (B, c, H, W)
     opponent = isinstance(model, DenoisingVAE) and uses_opponent_planes(model, x01)
-    if opponent:
-        x = to_opponent(x)
+    x = to_opponent(planes) if opponent else planes  # what the model sees
     start = smooth_fill(x, holes)
     sigmas = noise_schedule(model, iterations)
     device = next(model.parameters()).device
@@ -169,8 +168,7 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
 
         out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)  # (S B, c, H, W)
     out = out.view(samples, *x.shape)
-    out = torch.where(holes, out, x)  # blending never touches known pixels, but make it exact
     if opponent:
         out = from_opponent(out)
-        out = torch.where(holes, out, to_planes(model, x01))  # exact known pixels again
+    out = torch.where(holes, out, planes)  # known pixels exactly as given
     return Inpainted(from_planes(out.clamp(0, 1), shape))
