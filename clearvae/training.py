@@ -91,7 +91,8 @@ class TrainConfig(Config):
     accelerator: str = "auto"
     devices: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "32-true"  # Fabric's: "bf16-mixed" is ~2x faster on CPUs with AVX512-BF16
+    compile: bool = False  # torch.compile the model (needs a C++ compiler; first step slow)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
@@ -172,6 +173,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     elif ckpt_path.exists():
         raise TrainingError(f"'{out}' already holds a training run: pass --resume to continue "
                             "it, or choose another --out")
+    if config.compile:  # in place: parameter names, and so checkpoints, stay as they are
+        model.compile(dynamic=False)
     model, optimizer = fabric.setup(model, optimizer)
     ema.to(fabric.device)
 

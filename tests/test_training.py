@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from clearvae import checkpoint, training
-from clearvae.errors import TrainingError
+from clearvae.errors import DataError, TrainingError
 from clearvae.generate import load
 from clearvae.training import TrainConfig, train
 
@@ -144,3 +145,27 @@ def test_max_minutes_stops_at_a_log_interval_with_a_checkpoint(tmp_path):
     info = checkpoint.load_file(path).info
     assert info["steps"] == 3 and info["train_seconds"] >= 0
     assert checkpoint.load_file(tmp_path / training.CHECKPOINT_NAME).info["step"] == 3
+
+
+def test_a_codec_trains_in_mixed_precision_and_codes_a_real_file(tmp_path):
+    from clearvae.codec.storage import load_codec
+
+    config = _config(tmp_path, precision="bf16-mixed", max_steps=4, batch_size=4,
+                     model={"kind": "hyperprior", "channels_n": 8, "channels_m": 8,
+                            "image_channels": 1})
+    path = train(config)
+    codec = load_codec(path)
+    digit = (torch.rand(28, 28, 1) * 255).to(torch.uint8).numpy()
+    assert codec.decompress(codec.compress(digit, quality=4)).shape == (28, 28, 1)
+    with pytest.raises(DataError, match="gray images only"):  # a gray model, a colour image
+        codec.compress(digit.repeat(3, axis=2))
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("c++", "g++", "clang++"))),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_writes_the_same_parameter_names(tmp_path):
+    eager = _weights(train(_config(tmp_path / "a", max_steps=2)))
+    compiled = _weights(train(_config(tmp_path / "b", max_steps=2, compile=True)))
+    assert eager.keys() == compiled.keys()
+    for key in eager:  # the same run, up to the fused kernels' rounding
+        torch.testing.assert_close(eager[key], compiled[key], rtol=1e-3, atol=1e-4)

@@ -156,7 +156,7 @@ class Codec:
         ``tile`` (pixels, a multiple of 64; 0 = automatic) splits large images into blocks
         coded one after another, so memory stays bounded.
         """
-        x, channels = _as_tensor(image)
+        x, channels = _as_tensor(image, self.model.config.image_channels)
         if not 1 <= quality <= self.qualities:
             raise ConfigError(f"quality must be 1..{self.qualities}, got {quality}")
         self._check_fresh()
@@ -228,8 +228,9 @@ class Codec:
         return x_hat
 
 
-def _as_tensor(image: np.ndarray | Tensor) -> tuple[Tensor, int]:
-    """(1, 3, H, W) float32 in [0, 1] and the number of channels the caller gave."""
+def _as_tensor(image: np.ndarray | Tensor, model_channels: int) -> tuple[Tensor, int]:
+    """(1, model_channels, H, W) float32 in [0, 1] and the number of channels the caller gave
+    (a gray image goes through an RGB model as three equal planes)."""
     a = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -239,6 +240,9 @@ def _as_tensor(image: np.ndarray | Tensor) -> tuple[Tensor, int]:
     if a.shape[2] == 4:
         raise DataError("the image has an alpha channel, which the codec does not keep: "
                         "flatten it onto a background first (e.g. --drop-alpha)")
+    if a.shape[2] == 3 and model_channels == 1:
+        raise DataError("this codec model codes gray images only, and the image is colour: "
+                        "convert it to gray first, or use an RGB model")
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / 255
     elif a.dtype == np.uint16:
@@ -250,7 +254,7 @@ def _as_tensor(image: np.ndarray | Tensor) -> tuple[Tensor, int]:
     if min(h, w) < 1 or max(h, w) > container.MAX_SIDE:
         raise DataError(f"image size {w}x{h} is outside 1..{container.MAX_SIDE} pixels a side")
     x = torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None].clamp(0, 1)
-    return (x.expand(1, 3, h, w).contiguous() if c == 1 else x), c
+    return (x.expand(1, model_channels, h, w).contiguous() if c == 1 else x), c
 
 
 def _tile_size(h: int, w: int, tile: int) -> int:

@@ -122,16 +122,23 @@ class HyperpriorCodec(nn.Module):
         h, w = x.shape[-2:]
         # (B, C, H', W'); channels-last makes the CPU (oneDNN) convolutions ~25% faster
         x = pad_to_multiple(x, MULTIPLE).contiguous(memory_format=torch.channels_last)
-        y_gain = _gain(self.y_gain, quality)  # (B, M, 1, 1)
-        y = self.g_a(x) * y_gain  # (B, M, H'/16, W'/16)
-        z = self.h_a(y) * _gain(self.z_gain, quality)  # (B, N, H'/64, W'/64)
-        z_hat, z_likelihoods = self.z_prior(z)
-        means, scale_index = self.h_s(z_hat * _gain(self.z_inverse_gain, quality))
-        means, scale_index = gained(means, scale_index, y_gain)
-        y_hat, y_likelihoods = self.y_conditional(y, scale_from_index(scale_index), means)
-        if self.training:  # g_s trains on rounded values (straight-through), rate on noise
-            y_hat = y + (round_around(y, means) - y).detach()
-        x_hat = self.g_s(y_hat * _gain(self.y_inverse_gain, quality))[..., :h, :w]
+        # Under mixed precision (training with precision bf16-mixed) only the two big
+        # transforms run in bfloat16: 2x faster on CPUs with AVX512-BF16. The entropy path
+        # stays float32, since bfloat16's 8-bit mantissa cannot resolve the ±0.5 quantisation
+        # noise of a latent of magnitude 64, nor a small probability as a difference of CDFs.
+        y = self.g_a(x).float()
+        with torch.autocast(x.device.type, enabled=False):
+            y_gain = _gain(self.y_gain, quality)  # (B, M, 1, 1)
+            y = y * y_gain  # (B, M, H'/16, W'/16)
+            z = self.h_a(y) * _gain(self.z_gain, quality)  # (B, N, H'/64, W'/64)
+            z_hat, z_likelihoods = self.z_prior(z)
+            means, scale_index = self.h_s(z_hat * _gain(self.z_inverse_gain, quality))
+            means, scale_index = gained(means, scale_index, y_gain)
+            y_hat, y_likelihoods = self.y_conditional(y, scale_from_index(scale_index), means)
+            if self.training:  # g_s trains on rounded values (straight-through), rate on noise
+                y_hat = y + (round_around(y, means) - y).detach()
+            y_hat = y_hat * _gain(self.y_inverse_gain, quality)
+        x_hat = self.g_s(y_hat).float()[..., :h, :w]
         if not self.training:
             x_hat = x_hat.clamp(0.0, 1.0)
         return CodecOutput(x_hat, y_likelihoods, z_likelihoods)

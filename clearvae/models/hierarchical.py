@@ -111,7 +111,7 @@ class Gaussian(NamedTuple):
     @classmethod
     def from_params(cls, params: Tensor) -> Gaussian:
         """From (B, 2Z, h, w) network outputs: means, then std pre-activations."""
-        mean, raw = params.chunk(2, dim=1)
+        mean, raw = params.float().chunk(2, dim=1)  # float32 even under mixed precision
         return cls(mean, _STD_MIN + F.softplus(raw + _STD_SHIFT))
 
     def sample(self, temperature: float = 1.0,
@@ -253,7 +253,7 @@ class HierarchicalVAE(VAE):
                 groups.append(group)
             if r == self.config.levels:
                 h = self.dec_attention(h)
-        params = self.head(h)
+        params = self.head(h).float()  # the likelihood in float32 under mixed precision too
         return params[..., : size[0], : size[1]], groups
 
     # --- the VAE contract ------------------------------------------------------------------
