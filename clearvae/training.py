@@ -65,6 +65,9 @@ class ObjectiveConfig(Config):
         return self.beta * min(1.0, (step + 1) / self.kl_warmup_steps)
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")  # Fabric's
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     """Everything that defines a training run. Stored inside every checkpoint."""
@@ -110,6 +113,9 @@ class TrainConfig(Config):
             raise ConfigError(f"batch_size {self.batch_size} must divide by devices {self.devices}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"'{self.precision}'")
 
 
 class StepBatches(torch.utils.data.Sampler):

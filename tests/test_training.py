@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clearvae import checkpoint, training
-from clearvae.errors import DataError, TrainingError
+from clearvae.errors import ConfigError, DataError, TrainingError
 from clearvae.generate import load
 from clearvae.training import TrainConfig, train
 
@@ -169,3 +169,8 @@ def test_compiled_training_writes_the_same_parameter_names(tmp_path):
     assert eager.keys() == compiled.keys()
     for key in eager:  # the same run, up to the fused kernels' rounding
         torch.testing.assert_close(eager[key], compiled[key], rtol=1e-3, atol=1e-4)
+
+
+def test_an_unknown_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        _config("unused", precision="fp8")
