@@ -218,18 +218,3 @@ def test_trains_through_the_trainer_and_loads_back(tmp_path):
     resumable = load(tmp_path / training.CHECKPOINT_NAME, weights="live")
     variations = resumable.resample_below(torch.rand(1, 1, 28, 28), keep=1, n=2)
     assert variations.shape == (1, 2, 1, 28, 28)
-
-
-def test_mixed_precision_keeps_the_kl_and_likelihood_in_float32():
-    model = _model(likelihood="gaussian_learned")
-    x = torch.rand(2, 1, 12, 12)
-    torch.manual_seed(3)
-    ref = model(x)
-    torch.manual_seed(3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = model(x)
-    for t in (mixed.distortion, mixed.kl, mixed.params):
-        assert t.dtype == torch.float32
-    # bfloat16 keeps 8 significant bits: the terms agree to about a percent, not exactly
-    torch.testing.assert_close(mixed.kl, ref.kl, rtol=0.05, atol=0.05)
-    torch.testing.assert_close(mixed.distortion, ref.distortion, rtol=0.02, atol=0.5)

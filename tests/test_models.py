@@ -7,6 +7,7 @@ from clearvae.errors import ConfigError
 from clearvae.models import (
     ConvVAEConfig,
     DenseVAEConfig,
+    HierarchicalVAEConfig,
     build_model,
     model_config_from_dict,
     vae_loss,
@@ -145,3 +146,23 @@ def test_bad_config_values_fail_loudly(bad, match):
 def test_config_round_trips_through_dict():
     config = ConvVAEConfig(widths=(4, 8, 8), likelihood="logistic_mixture", mixtures=3)
     assert model_config_from_dict(config.to_dict()) == config
+
+
+def test_mixed_precision_keeps_kl_and_likelihood_in_float32():
+    hierarchical = HierarchicalVAEConfig(image_size=(12, 12), widths=(8, 8), latent_channels=2,
+                                         blocks_per_resolution=(1, 2),
+                                         likelihood="gaussian_learned")
+    for config in [*_configs(1, "gaussian_learned"), hierarchical]:
+        torch.manual_seed(0)
+        model = build_model(config)
+        x = torch.rand(2, 1, 12, 12)
+        torch.manual_seed(1)
+        ref = model(x)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+        for t in (mixed.distortion, mixed.kl, mixed.params):
+            assert t.dtype == torch.float32
+        # bfloat16 keeps 8 significant bits: the terms agree to about a percent, not exactly
+        torch.testing.assert_close(mixed.kl, ref.kl, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(mixed.distortion, ref.distortion, rtol=0.02, atol=0.5)

@@ -178,13 +178,13 @@ class FlatVAE(VAE):
 
     def _posterior_sample(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.check_input(x)
-        mu, logvar = self.encode(x)
+        mu, logvar = (t.float() for t in self.encode(x))  # float32 under mixed precision too
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         return z, mu, logvar
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> VAEOutput:
         z, mu, logvar = self._posterior_sample(x)
-        params = self.decode(z, x.shape[-2:])
+        params = self.decode(z, x.shape[-2:]).float()
         distortion = -self.likelihood.log_prob(params, x if target is None else target)
         kl = gaussian_kl(mu, logvar)
         # Free-bits groups: one per latent channel (dense: per dimension), summed over space.
