@@ -396,14 +396,32 @@ def _restore(path: Path, config: TrainConfig, model: torch.nn.Module, ema: torch
 
 def _init_weights(path: Path, config: TrainConfig, model: torch.nn.Module,
                   ema: torch.nn.Module) -> None:
-    """Warm start: the (averaged) weights of an earlier run with the same model config."""
+    """Warm start: the (averaged) weights of an earlier run with the same model config, or
+    with one that differs only in parts the new config adds (its ``ADDABLE`` keys, e.g. a
+    codec's ``context_slices``): those parts keep their initialisation."""
     loaded = checkpoint.load_file(path)
-    if model_config_from_dict(loaded.model_config) != config.model:
+    old = model_config_from_dict(loaded.model_config)
+    new = config.model
+    addable = getattr(new, "ADDABLE", {})  # config key -> prefix of the weights it adds
+    same_but_added = type(old) is type(new) and all(
+        getattr(old, f.name) == getattr(new, f.name)
+        for f in dataclasses.fields(new) if f.name not in addable)
+    if old != new and not same_but_added:
         raise TrainingError(f"init_from '{path}' holds a model with another config; use a "
-                            "model config identical to the one it was trained with")
+                            "model config identical to the one it was trained with"
+                            + (f" (or differing only in {', '.join(addable)})" if addable
+                               else ""))
     weights = loaded.weights()
-    model.load_state_dict(weights)
-    ema.load_state_dict(weights)
+    added = tuple(addable[k] for k in addable if getattr(old, k) != getattr(new, k))
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=not added)
+    except RuntimeError as exc:  # e.g. parts of another size
+        raise TrainingError(f"init_from '{path}': its weights do not fit the model "
+                            f"({str(exc).splitlines()[-1].strip()})") from None
+    if unexpected or any(not key.startswith(added) for key in missing):
+        raise TrainingError(f"init_from '{path}': its weights do not fit the model "
+                            f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
+    ema.load_state_dict(model.state_dict())
 
 
 def _val_metrics(ema: VAE, config: TrainConfig, fabric: Any) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The codec end to end: real files, exact decoding anywhere, and every bad-input path."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -15,10 +16,12 @@ from clearvae.errors import ConfigError, DataError, ModelFileError
 CONFIG = HyperpriorCodecConfig(channels_n=16, channels_m=24)
 
 
-@pytest.fixture(scope="module")
-def codec():
+@pytest.fixture(scope="module", params=[0, 3], ids=["plain", "context"])
+def codec(request):
+    """A small codec fit to one picture: plain hyperprior, or with channel context (3 slices,
+    whose residual networks the fit moves away from their zero start)."""
     torch.manual_seed(0)
-    model = HyperpriorCodec(CONFIG)
+    model = HyperpriorCodec(dataclasses.replace(CONFIG, context_slices=request.param))
     # Fit one picture, so that gains, means and scales are not at their initial values and
     # the rate estimate can be compared with real bytes on it.
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -63,7 +66,8 @@ def test_decoding_is_deterministic_and_matches_the_encoder(codec):
 
 
 def _symbols(codec, data):
-    """The decoded y symbols of a one-block file (what must be identical everywhere)."""
+    """The decoded y symbols of a one-block file (what must be identical everywhere) and
+    their table indices, each (1, M, h, w)."""
     header, streams = container.unpack(data)
     q = header.quality - 1
     m = codec.model
@@ -71,8 +75,79 @@ def _symbols(codec, data):
     n = m.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, hp // 64, wp // 64))
     s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
-    _, index_y = codec._hyper(s_z, q)
-    return coder.decode(streams[0].y, streams[0].y_escapes, index_y, codec.tables.y)
+    means, index_y = codec._hyper(s_z, q)
+    decoder = coder.Decoder(streams[0].y, streams[0].y_escapes, codec.tables.y)
+    _, parts = codec._slices(means, index_y, q, decoder=decoder)
+    return tuple(np.concatenate(p, axis=1) for p in zip(*parts))
+
+
+def test_context_picks_tables_from_earlier_slices(codec):
+    """With channel context the decoder's table indices differ from the hyperprior's alone
+    (computed from earlier slices' symbols); without, they are the hyperprior's."""
+    data = codec.compress(_image(64, 64, seed=7), quality=4)
+    _, index = _symbols(codec, data)
+    header, streams = container.unpack(data)
+    n = codec.model.config.channels_n
+    index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 1, 1))
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
+    _, base = codec._hyper(s_z, 3)
+    changed = (index != base).mean()
+    if codec.model.context is None:
+        assert changed == 0
+    else:
+        assert np.array_equal(index[:, :8], base[:, :8])  # slice 0 has no context
+        assert changed > 0.05
+
+
+def test_integer_table_choice_follows_the_float_networks(codec):
+    """The integer networks pick (nearly) the table the float networks they came from would:
+    the same index for most elements, never more than one table away. (The decoder rounds
+    the network's index and adds the gain's offset, itself rounded: ``index_offset``.)"""
+    data = codec.compress(_image(128, 128, seed=8), quality=5)
+    symbols, index = _symbols(codec, data)
+    _, streams = container.unpack(data)
+    m, t = codec.model, codec.tables
+    n = m.config.channels_n
+    index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, t.z)
+    z_in = (s_z + t.median[None, :, None, None]) * t.inverse_gain_z[4][None, :, None, None]
+    with torch.no_grad():
+        offset = torch.from_numpy(t.index_offset[4])[:, None, None]
+        expected = (m.h_s.scale(torch.from_numpy(z_in).float()).round() + offset).clamp(0, 63)
+        if m.context is not None:  # slices 1..: the float residual on the integer base
+            _, base_int = codec._hyper(s_z, 4)
+            size, base_int = m.context.size, torch.from_numpy(base_int).float()
+            for k in range(1, m.context.slices):
+                c = slice(k * size, (k + 1) * size)
+                earlier = [torch.from_numpy(symbols[:, j * size:(j + 1) * size]).float()
+                           for j in range(k)]
+                delta = m.context.scale_delta(k, base_int[:, c], earlier)
+                expected[:, c] = (base_int[:, c] + delta).round().clamp(0, 63)
+    diff = np.abs(index - expected.numpy())
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.95
+
+
+def test_coder_parts_decode_in_order_with_escapes():
+    """Several parts in one stream, part 1's tables chosen from part 0's symbols, with
+    escaped values in both: all come back; a decoder that leaves escapes unread says so."""
+    tables = coder.Tables.from_pmfs([np.array([0.25, 0.5, 0.25]), np.array([0.1] * 10)],
+                                    np.array([-1, 0]))
+    rng = np.random.default_rng(0)
+    first = rng.integers(-3, 4, (2, 5, 7))
+    first[0, 0, 0] = 1000  # far outside every table: an escape
+    index0 = np.zeros_like(first)
+    index1 = (np.abs(first) > 1).astype(np.int64)  # depends on part 0
+    second = rng.integers(-2, 12, first.shape)
+    stream, escapes = coder.encode_parts([(first, index0), (second, index1)], tables)
+    decoder = coder.Decoder(stream, escapes, tables)
+    got0 = decoder.decode(index0)
+    got1 = decoder.decode((np.abs(got0) > 1).astype(np.int64))
+    decoder.finish()
+    assert np.array_equal(got0, first) and np.array_equal(got1, second)
+    partial = coder.Decoder(stream, escapes, tables)
+    partial.decode(index0)
+    with pytest.raises(DataError, match="trailing"):
+        partial.finish()
 
 
 def test_encode_with_two_threads_decode_with_one(codec):
@@ -83,7 +158,8 @@ def test_encode_with_two_threads_decode_with_one(codec):
         data = codec.compress(img, quality=4)
         expected = _symbols(codec, data)
         torch.set_num_threads(1)
-        assert np.array_equal(_symbols(codec, data), expected)
+        for a, b in zip(_symbols(codec, data), expected):
+            assert np.array_equal(a, b)
         codec.decompress(data)
     finally:
         torch.set_num_threads(threads)
@@ -97,7 +173,8 @@ def test_float64_decoder_gives_identical_latents(codec):
     expected = _symbols(codec, data)
     wide = Codec(copy.deepcopy(codec.model).double(), codec.tables)
     wide.id = codec.id  # same weights, other precision
-    assert np.array_equal(_symbols(wide, data), expected)
+    for a, b in zip(_symbols(wide, data), expected):
+        assert np.array_equal(a, b)
     out32, out64 = codec.decompress(data), wide.decompress(data)
     assert np.abs(out32 - out64).max() < 1e-3
 
@@ -115,11 +192,10 @@ def test_real_bytes_match_the_information_content(codec):
     img = _image(128, 128, seed=5)
     data = codec.compress(img, quality=4)
     header, streams = container.unpack(data)
-    s_y = _symbols(codec, data)
+    s_y, index_y = _symbols(codec, data)
     n = codec.model.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
     s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
-    _, index_y = codec._hyper(s_z, 3)
     ideal = _ideal_bits(s_y, index_y, codec.tables.y) + _ideal_bits(s_z, index_z, codec.tables.z)
     coded = 8 * (len(streams[0].y) + len(streams[0].z))
     assert ideal <= coded <= ideal * 1.01 + 128

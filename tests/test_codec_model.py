@@ -166,6 +166,9 @@ def test_bad_configs_and_inputs_fail_loudly():
         HyperpriorCodecConfig.from_dict({"channels": 64})
     with pytest.raises(ConfigError, match="increasing"):
         HyperpriorCodecConfig(lambdas=(0.01, 0.005))
+    for slices in (1, 5, -2):  # one slice has no context; 5 does not divide 24 channels
+        with pytest.raises(ConfigError, match="context_slices"):
+            HyperpriorCodecConfig(channels_n=16, channels_m=24, context_slices=slices)
     with pytest.raises(ConfigError):
         HyperpriorCodecConfig.from_dict({"kind": "factorized"})
     model = HyperpriorCodec(TINY)
@@ -194,3 +197,24 @@ def test_mixed_precision_keeps_the_entropy_path_in_float32():
     # bfloat16 keeps 8 significant bits (0.4 %): a few latents may round the other way
     assert (mixed_bits - ref_bits).abs().max() < 0.01 * ref_bits.min()
     assert (mixed.x_hat - ref.x_hat).abs().max() < 0.01
+
+
+def test_channel_context_starts_as_the_plain_model_and_then_learns():
+    """A context model warm-started from a plain one codes exactly like it at first (its
+    residual networks start at zero); one training step reaches every residual network."""
+    torch.manual_seed(0)
+    plain = HyperpriorCodec(TINY).eval()
+    context = HyperpriorCodec(HyperpriorCodecConfig(channels_n=16, channels_m=24,
+                                                    context_slices=3)).eval()
+    missing, unexpected = context.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("context.") for k in missing)
+    x, quality = _images(2, 64, 64), torch.tensor([1, 6])
+    with torch.no_grad():
+        a, b = plain(x, quality), context(x, quality)
+    for s, t in zip(a, b):
+        assert torch.equal(s, t)
+    context.train()
+    loss, _ = rd_loss(context, x)
+    loss.backward()
+    for net in (*context.context.means, *context.context.scales):
+        assert net[-1].weight.grad.abs().sum() > 0

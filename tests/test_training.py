@@ -140,6 +140,22 @@ def test_init_from_starts_from_earlier_weights(tmp_path):
         train(other)
 
 
+def test_init_from_may_add_a_codec_context_but_not_drop_it(tmp_path):
+    codec = {"kind": "hyperprior", "channels_n": 8, "channels_m": 8, "image_channels": 1}
+    plain = train(_config(tmp_path / "a", max_steps=2, batch_size=2, model=codec))
+    sliced = {**codec, "context_slices": 2}
+    warm = train(_config(tmp_path / "b", max_steps=1, batch_size=2, lr=1e-12,
+                         lr_warmup_steps=1, ema_decay=0.0, init_from=str(plain), model=sliced))
+    a, b = _weights(plain), _weights(warm)
+    assert {k for k in b if k not in a} and all(k.startswith("context.") for k in b if k not in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    with pytest.raises(TrainingError, match="do not fit"):  # the other way round
+        train(_config(tmp_path / "c", init_from=str(warm), model=codec))
+    with pytest.raises(TrainingError, match="differing only in context_slices"):
+        train(_config(tmp_path / "d", init_from=str(plain), model={**codec, "channels_m": 16}))
+
+
 def test_max_minutes_stops_at_a_log_interval_with_a_checkpoint(tmp_path):
     path = train(_config(tmp_path, max_steps=1000, max_minutes=1e-9, log_every=3))
     info = checkpoint.load_file(path).info

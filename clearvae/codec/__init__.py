@@ -1,7 +1,7 @@
 """Learned image compression, in three layers: transforms (``networks``); entropy models that
-give likelihoods (``entropy_models``) and the variable-rate hyperprior codec with its loss
-(``model``); then the integer entropy coder (``coder``) and the ``.cvae`` file (``container``),
-which use numpy and bytes only."""
+give likelihoods (``entropy_models``, and the optional channel-wise ``context``) and the
+variable-rate hyperprior codec with its loss (``model``); then the integer entropy coder
+(``coder``) and the ``.cvae`` file (``container``), which use numpy and bytes only."""
 
 from clearvae.codec.entropy_models import (
     SCALES,

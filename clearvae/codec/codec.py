@@ -11,6 +11,10 @@ image at quality q (1-based in the API, index q-1 in the model)::
     y symbols  s_y = round(y' - μ),  μ = h_s.means(ẑ_in) coded with the table of their index
     decode: ŷ = (s_y + μ) * inverse_gain_y --g_s (tiled)--> x̂
 
+With channel context (``context_slices`` S) the y symbols go slice by slice, each slice's μ
+and table index refined from the slices before it (``_slices``; the index by an integer
+network of earlier symbols, so still exact).
+
 Only μ and the transforms are float; they shift and shape the picture but never choose a
 probability, so a file decodes to the same symbols everywhere. Large images are coded in
 blocks of ``tile`` pixels (each with its own z), while g_a and g_s run over overlapping tiles
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clearvae.codec import coder, container
+from clearvae.codec.context import calibration_inputs, scale_context_input
 from clearvae.codec.entropy_models import LOG_STEP, SCALE_LEVELS, SCALES
 from clearvae.codec.integer import IntegerNetwork, quantize_network
 from clearvae.codec.model import MULTIPLE, HyperpriorCodec
@@ -50,6 +55,7 @@ class CodingTables:
     inverse_gain_z: np.ndarray  # (Q, N) float64
     index_offset: np.ndarray  # (Q, M) int64: log(gain_y) in scale-table steps, rounded
     scale_head: IntegerNetwork
+    context: list[IntegerNetwork]  # the scale residual of slices 1..S-1 (none without context)
 
     def state(self) -> dict[str, Tensor]:
         out = {f"z.{k}": torch.from_numpy(v) for k, v in _tables_state(self.z).items()}
@@ -58,6 +64,8 @@ class CodingTables:
         out["inverse_gain_z"] = torch.from_numpy(self.inverse_gain_z)
         out["index_offset"] = torch.from_numpy(self.index_offset)
         out |= {f"scale_head.{k}": v for k, v in self.scale_head.state().items()}
+        for i, net in enumerate(self.context):
+            out |= {f"context.{i}.{k}": v for k, v in net.state().items()}
         return out
 
     @classmethod
@@ -69,9 +77,11 @@ class CodingTables:
             t = {k: v.numpy() for k, v in part(prefix).items()}
             return coder.Tables(t["freqs"].astype(np.int64), t["offsets"], t["lengths"])
 
+        slices = {int(k.split(".")[1]) for k in state if k.startswith("context.")}
+        context = [IntegerNetwork.from_state(part(f"context.{i}.")) for i in range(len(slices))]
         return cls(tables("z."), tables("y."), state["median"].numpy(),
                    state["inverse_gain_z"].numpy(), state["index_offset"].numpy(),
-                   IntegerNetwork.from_state(part("scale_head.")))
+                   IntegerNetwork.from_state(part("scale_head.")), context)
 
 
 def _tables_state(t: coder.Tables) -> dict[str, np.ndarray]:
@@ -117,7 +127,12 @@ def build_tables(model: HyperpriorCodec, seed: int = 0) -> CodingTables:
     calibration = torch.from_numpy(np.stack(draws))  # (Q, N, 8, 8)
     scale_head = quantize_network(model.h_s.scale, calibration, SCALE_LEVELS)
     index_offset = torch.round(model.y_gain.double() / LOG_STEP).long().numpy()  # see gained()
-    return CodingTables(z_tables, y_tables, median64, inverse_gain_z, index_offset, scale_head)
+    ctx = model.context
+    context = [] if ctx is None else [
+        quantize_network(net, calibration_inputs(k, ctx.size, seed), SCALE_LEVELS)
+        for k, net in enumerate(ctx.scales, start=1)]
+    return CodingTables(z_tables, y_tables, median64, inverse_gain_z, index_offset, scale_head,
+                        context)
 
 
 def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
@@ -174,8 +189,8 @@ class Codec:
             index_z = np.broadcast_to(np.arange(s_z.shape[1])[None, :, None, None], s_z.shape)
             z_stream, z_esc = coder.encode(s_z, index_z, self.tables.z)
             means, index_y = self._hyper(s_z, q)
-            s_y = torch.round(block - means).double().numpy().astype(np.int64)
-            y_stream, y_esc = coder.encode(s_y, index_y, self.tables.y)
+            _, parts = self._slices(means, index_y, q, y=block)
+            y_stream, y_esc = coder.encode_parts(parts, self.tables.y)
             streams.append(container.TileStreams(z_stream, z_esc, y_stream, y_esc))
         header = container.Header(channels, quality, self.id, h, w, 0 if tile >= max(h, w)
                                   else tile)
@@ -191,6 +206,41 @@ class Codec:
         m = self.model
         means = m.h_s.means(z_in.to(next(m.parameters()).dtype))
         return means * m.y_gain[q].exp()[None, :, None, None], index
+
+    def _slices(self, means: Tensor, index: np.ndarray, q: int, y: Tensor | None = None,
+                decoder: coder.Decoder | None = None,
+                ) -> tuple[Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+        """Walk the slices of one block of y' in coding order, taking each slice's integer
+        symbols from ``y`` (encoding) or from ``decoder``. Returns ŷ' (1, M, h, w) and the
+        (symbols, table indices) of each slice.
+
+        Without context the whole y' is one slice. With it, each slice's means and table
+        indices also depend on the slices before it (``context`` module), computed here the
+        same way for the encoder and the decoder.
+        """
+        ctx = self.model.context
+        slices = 1 if ctx is None else ctx.slices
+        size = means.shape[1] // slices
+        gain = self.model.y_gain[q].exp()[None, :, None, None].to(means.dtype)
+        y_hat: list[Tensor] = []  # gained ŷ' of the slices done
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        for k in range(slices):
+            c = slice(k * size, (k + 1) * size)
+            mu_k, index_k = means[:, c], index[:, c]
+            if k:
+                earlier = [t / gain[:, j * size:(j + 1) * size] for j, t in enumerate(y_hat)]
+                mu_k = ctx.mean(k, mu_k, earlier, gain[:, c])
+                base = torch.from_numpy(index_k).double()
+                net_in = scale_context_input(base, [torch.from_numpy(s).double()
+                                                    for s, _ in parts])
+                index_k = self.tables.context[k - 1](net_in, base).numpy()
+            if decoder is None:
+                s_k = torch.round(y[:, c] - mu_k).double().numpy().astype(np.int64)
+            else:
+                s_k = decoder.decode(index_k)
+            parts.append((s_k, index_k))
+            y_hat.append(torch.from_numpy(s_k).to(mu_k.dtype) + mu_k)
+        return torch.cat(y_hat, 1), parts
 
     @torch.no_grad()
     def decompress(self, data: bytes, name: str = "input") -> np.ndarray:
@@ -217,8 +267,9 @@ class Codec:
             means, index_y = self._hyper(s_z, q)
             if index_y.shape != (1, mch, shape[-2], shape[-1]):
                 raise DataError(f"'{name}' is inconsistent with this model (latent shapes)")
-            s_y = coder.decode(s.y, s.y_escapes, index_y, self.tables.y)
-            blocks.append(torch.from_numpy(s_y).to(means.dtype) + means)
+            decoder = coder.Decoder(s.y, s.y_escapes, self.tables.y)
+            blocks.append(self._slices(means, index_y, q, decoder=decoder)[0])
+            decoder.finish()
         y_hat = _unblocks(blocks, hp // 16, wp // 16, tile // 16)
         y_hat = y_hat * m.y_inverse_gain[q].exp()[None, :, None, None]
         x_hat = _tiled(lambda t: m.g_s(t), y_hat, 16)[..., : header.height, : header.width]

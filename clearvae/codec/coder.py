@@ -66,36 +66,69 @@ def encode(symbols: np.ndarray, index: np.ndarray, tables: Tables) -> tuple[byte
 
     Returns (rANS stream, escape stream).
     """
-    symbols = np.asarray(symbols, np.int64).reshape(-1)
-    index = np.asarray(index, np.int64).reshape(-1)
-    rel = symbols - tables.offsets[index]
-    escaped = (rel < 0) | (rel >= tables.lengths[index])
-    rel = np.where(escaped, tables.lengths[index], rel).astype(np.int32)
+    return encode_parts([(symbols, index)], tables)
+
+
+def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]],
+                 tables: Tables) -> tuple[bytes, bytes]:
+    """Code several (symbols, index) parts into one stream that a :class:`Decoder` reads
+    part by part, in order: the decoder may compute part k's index from parts 0..k-1."""
+    coded, escapes = [], []  # per part: (entries, table indices), escaped values
+    for symbols, index in parts:
+        symbols = np.asarray(symbols, np.int64).reshape(-1)
+        index = np.asarray(index, np.int64).reshape(-1)
+        if symbols.shape != index.shape:
+            raise ValueError(f"symbols and index differ in size ({symbols.size} vs {index.size})")
+        rel = symbols - tables.offsets[index]
+        escaped = (rel < 0) | (rel >= tables.lengths[index])
+        coded.append((np.where(escaped, tables.lengths[index], rel).astype(np.int32), index))
+        escapes.append(symbols[escaped])
     coder = constriction.stream.stack.AnsCoder()
-    used = np.unique(index)
-    for t in used[::-1]:  # a stack: encode groups in reverse so they decode in order
-        coder.encode_reverse(rel[index == t], tables.model(int(t)))
-    return coder.get_compressed().tobytes(), _varints(symbols[escaped])
+    for rel, index in reversed(coded):  # a stack: encode in reverse so that it decodes in order
+        for t in np.unique(index)[::-1]:
+            coder.encode_reverse(rel[index == t], tables.model(int(t)))
+    return coder.get_compressed().tobytes(), _varints(np.concatenate(escapes))
+
+
+class Decoder:
+    """Reads what :func:`encode_parts` wrote: call ``decode`` once per part, in order."""
+
+    def __init__(self, stream: bytes, escapes: bytes, tables: Tables) -> None:
+        if len(stream) % 4:
+            raise DataError("corrupt entropy-coded stream (length is not a whole number of "
+                            "words)")
+        try:
+            self._coder = constriction.stream.stack.AnsCoder(
+                np.frombuffer(stream, dtype=_WORD).copy())
+        except Exception as exc:  # constriction rejects some invalid streams outright
+            raise DataError(f"corrupt entropy-coded stream: {exc}") from None
+        self._escapes, self._pos, self._tables = escapes, 0, tables
+
+    def decode(self, index: np.ndarray) -> np.ndarray:
+        """The next part's symbols, shaped like its ``index``."""
+        tables = self._tables
+        flat = np.asarray(index, np.int64).reshape(-1)
+        rel = np.empty(flat.shape, np.int64)
+        for t in np.unique(flat):
+            where = flat == t
+            rel[where] = self._coder.decode(tables.model(int(t)), int(where.sum()))
+        escaped = rel == tables.lengths[flat]
+        values = rel + tables.offsets[flat]
+        values[escaped], self._pos = _from_varints(self._escapes, int(escaped.sum()), self._pos)
+        return values.reshape(np.shape(index))
+
+    def finish(self) -> None:
+        """Check that the escape stream was used up (a corrupt file may leave bytes over)."""
+        if self._pos != len(self._escapes):
+            raise DataError("corrupt escape stream in the compressed file (trailing bytes)")
 
 
 def decode(stream: bytes, escapes: bytes, index: np.ndarray, tables: Tables) -> np.ndarray:
     """Inverse of :func:`encode`: the symbols, shaped like ``index``."""
-    flat = np.asarray(index, np.int64).reshape(-1)
-    if len(stream) % 4:
-        raise DataError("corrupt entropy-coded stream (length is not a whole number of words)")
-    words = np.frombuffer(stream, dtype=_WORD).copy()
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
-    except Exception as exc:  # constriction rejects some invalid streams outright
-        raise DataError(f"corrupt entropy-coded stream: {exc}") from None
-    rel = np.empty(flat.shape, np.int64)
-    for t in np.unique(flat):
-        where = flat == t
-        rel[where] = coder.decode(tables.model(int(t)), int(where.sum()))
-    escaped = rel == tables.lengths[flat]
-    values = rel + tables.offsets[flat]
-    values[escaped] = _from_varints(escapes, int(escaped.sum()))
-    return values.reshape(np.shape(index))
+    decoder = Decoder(stream, escapes, tables)
+    values = decoder.decode(index)
+    decoder.finish()
+    return values
 
 
 def _varints(values: np.ndarray) -> bytes:
@@ -111,8 +144,9 @@ def _varints(values: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def _from_varints(data: bytes, count: int) -> np.ndarray:
-    values, pos = [], 0
+def _from_varints(data: bytes, count: int, pos: int = 0) -> tuple[np.ndarray, int]:
+    """``count`` values from ``data[pos:]``, and the position after them."""
+    values = []
     for _ in range(count):
         u, shift = 0, 0
         while True:
@@ -125,6 +159,4 @@ def _from_varints(data: bytes, count: int) -> np.ndarray:
             if not byte & 0x80:
                 break
         values.append((u >> 1) ^ -(u & 1))
-    if pos != len(data):
-        raise DataError("corrupt escape stream in the compressed file (trailing bytes)")
-    return np.array(values, np.int64)
+    return np.array(values, np.int64), pos

@@ -27,6 +27,7 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from clearvae.codec.context import ChannelContext
 from clearvae.codec.entropy_models import (
     LOG_STEP,
     FactorizedPrior,
@@ -52,13 +53,19 @@ MULTIPLE = 64  # total downsampling of g_a (16) and h_a (4)
 @dataclasses.dataclass(frozen=True)
 class HyperpriorCodecConfig(Config):
     """``channels_n``: width of the transforms and of z; ``channels_m``: channels of y.
-    Quality index q (0-based) trains with ``lambdas[q]``; lambdas must increase."""
+    Quality index q (0-based) trains with ``lambdas[q]``; lambdas must increase.
+    ``context_slices``: 0, or code y in that many slices with channel-wise context
+    (``context.ChannelContext``); a warm start may add it to a model trained without."""
+
+    # Keys a warm start may add to a model trained without them, and the weights they add.
+    ADDABLE: ClassVar[dict[str, str]] = {"context_slices": "context."}
 
     kind: Literal["hyperprior"] = "hyperprior"
     channels_n: int = 128
     channels_m: int = 192
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
     image_channels: int = 3
+    context_slices: int = 0
 
     def validate(self) -> None:
         if self.channels_n < 1 or self.channels_m < 1:
@@ -66,6 +73,10 @@ class HyperpriorCodecConfig(Config):
                               f"{self.channels_n} and {self.channels_m}")
         if self.image_channels not in (1, 3):
             raise ConfigError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        s = self.context_slices
+        if s < 0 or s == 1 or (s and self.channels_m % s):
+            raise ConfigError(f"context_slices must be 0 (none) or >= 2 dividing channels_m "
+                              f"({self.channels_m}), got {s}")
         lams = self.lambdas
         if not lams or min(lams) <= 0 or any(a >= b for a, b in zip(lams, lams[1:])):
             raise ConfigError(f"lambdas must be positive and increasing (one per quality), "
@@ -100,6 +111,8 @@ class HyperpriorCodec(nn.Module):
         self.h_s = HyperSynthesis(n, m)
         self.z_prior = FactorizedPrior(n)
         self.y_conditional = GaussianConditional()
+        slices = config.context_slices
+        self.context = ChannelContext(m, slices) if slices else None
         # Log gains (Q, channels). Freshly initialised, g_a gives y of std ~0.05 and h_a
         # shrinks it ~15x; the start gains lift y' to std ~1 (one quantisation step) at the
         # middle quality and z' to ~0.7, so that every quality codes something from the first
@@ -135,6 +148,8 @@ class HyperpriorCodec(nn.Module):
             z_hat, z_likelihoods = self.z_prior(z)
             means, scale_index = self.h_s(z_hat * _gain(self.z_inverse_gain, quality))
             means, scale_index = gained(means, scale_index, y_gain)
+            if self.context is not None:
+                means, scale_index = self.context.refine(y, means, scale_index, y_gain)
             y_hat, y_likelihoods = self.y_conditional(y, scale_from_index(scale_index), means)
             if self.training:  # g_s trains on rounded values (straight-through), rate on noise
                 y_hat = y + (round_around(y, means) - y).detach()
