@@ -31,9 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clearvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="train a small VAE on generated digits, write a PNG")
+    s = sub.add_parser("demo", help="train a small VAE on generated digits, write a PNG; "
+                       "compress and decompress a generated picture")
     s.add_argument("--out", default="clearvae-demo", help="output folder (default %(default)s)")
     s.add_argument("--steps", type=int, default=600, help="training steps (default %(default)s)")
+    s.add_argument("--codec", help="codec model file for the compression part (default: the "
+                   "bundled one)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("compress", help="compress images to .cvae files")
@@ -375,7 +378,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from clearvae.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps)
+    run_demo(Path(args.out), steps=args.steps, codec=args.codec)
 
 
 if __name__ == "__main__":

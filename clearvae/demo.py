@@ -1,15 +1,23 @@
 """``clearvae demo``: the quick start. Needs no download: trains a small convolutional VAE on
-digits that clearvae draws itself, then writes reconstructions and samples to one PNG."""
+digits that clearvae draws itself, then writes reconstructions and samples to one PNG; then
+compresses a picture that it generates to a real ``.cvae`` file with the codec (the bundled
+one, or ``codec``) and decodes it again, printing the real bits per pixel and the PSNR."""
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from clearvae.data import SyntheticDigits, write_image
+from clearvae.codec.storage import default_model_path, load_codec
+from clearvae.compress import compress_file, decompress_file
+from clearvae.data import SyntheticDigits, read_image, write_image
 from clearvae.generate import load, reconstruction_grid
+from clearvae.metrics import psnr
 from clearvae.models import ConvVAEConfig
 from clearvae.training import DataConfig, TrainConfig, train
 from clearvae.visual import make_grid
@@ -18,8 +26,10 @@ DEMO_MODEL = ConvVAEConfig(widths=(32, 64, 64), latent_channels=4, attention=Fal
                            likelihood="bernoulli")
 
 
-def run_demo(out: Path, steps: int = 600, progress: bool | None = None) -> Path:
-    """Train for ``steps`` steps (about a minute on 2 CPU cores) and write ``demo.png``."""
+def run_demo(out: Path, steps: int = 600, progress: bool | None = None,
+             codec: str | os.PathLike | None = None) -> Path:
+    """Train for ``steps`` steps (about a minute on 2 CPU cores) and write ``demo.png``; then
+    the codec round trip (``codec_demo``) with ``codec`` or the bundled model, if there is one."""
     t0 = time.perf_counter()
     config = TrainConfig(
         model=DEMO_MODEL, data=DataConfig(train="synthetic-digits:10000"), out=str(out / "run"),
@@ -37,7 +47,69 @@ def run_demo(out: Path, steps: int = 600, progress: bool | None = None) -> Path:
     png = write_image(out / "demo.png", figure) or out / "demo.png"
     print(f"trained for {steps} steps in {time.perf_counter() - t0:.0f} s; model: {model_path}")
     print(f"top: 16 held-out digits above their reconstructions; bottom: 32 samples -> {png}")
+    if codec is None and not default_model_path().exists():
+        print("codec: this install has no bundled codec model yet (docs/benchmarks.md says "
+              "where its training stands); `clearvae demo --codec MODEL` runs this part with one")
+    else:
+        r = codec_demo(out, codec)
+        print(f"codec: {r.picture.name} ({r.width}x{r.height}) -> {r.compressed.name}, "
+              f"{r.compressed_bytes} bytes, {r.bpp:.3f} bpp at quality {r.quality}; decoded: "
+              f"{r.decoded.name}, PSNR {r.psnr:.2f} dB")
     return Path(png)
+
+
+@dataclass(frozen=True)
+class CodecDemo:
+    picture: Path  # the generated PNG
+    compressed: Path  # its .cvae file
+    decoded: Path  # the .cvae file decoded to PNG
+    compressed_bytes: int  # the whole file, header included
+    width: int
+    height: int
+    quality: int
+    psnr: float  # dB, RGB, 8-bit decoded file against the 8-bit picture
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.compressed_bytes / (self.width * self.height)
+
+
+def codec_demo(out: Path, codec: str | os.PathLike | None = None, quality: int = 4,
+               size: tuple[int, int] = (512, 768)) -> CodecDemo:
+    """Write a generated picture, compress it to a real file and decode that file again."""
+    model = load_codec(codec)
+    out.mkdir(parents=True, exist_ok=True)
+    picture, compressed, decoded = (out / "demo-picture.png", out / "demo-picture.cvae",
+                                    out / "demo-picture-decoded.png")
+    write_image(picture, demo_picture(*size) / 255.0)
+    result = compress_file(model, picture, compressed, quality=quality, overwrite=True)
+    decompress_file(model, compressed, decoded, overwrite=True)
+    a, b = (torch.from_numpy(read_image(p, channels=3)).permute(2, 0, 1)[None]
+            for p in (picture, decoded))
+    return CodecDemo(picture, compressed, decoded, result.compressed_bytes, size[1], size[0],
+                     quality, float(psnr(a, b)))
+
+
+def demo_picture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 picture with some statistics of photographs: a colour field whose
+    amplitude spectrum falls as a power of the frequency (1/f^1.5; photographs: about 1/f,
+    but with smooth regions beside textured ones), and discs with hard edges."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None])  # (H, W//2+1)
+    f[0, 0] = 1.0
+    shape = (3, h, w // 2 + 1)
+    spectrum = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / f**1.5
+    spectrum[:, 0, 0] = 0
+    field = np.fft.irfft2(spectrum, s=(h, w))  # (3, H, W)
+    field = np.tensordot(np.array([[1.0, 0.3, 0.2], [0.9, 0.5, -0.2], [0.8, -0.2, 0.4]]),
+                         field / field.std(), 1)  # correlated colour planes, like RGB
+    image = 0.5 + 0.15 * field.transpose(1, 2, 0)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.03, 0.15) * min(h, w)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        image[inside] = 0.7 * rng.uniform(0.05, 0.95, 3) + 0.3 * image[inside]
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _same_width(images: list[torch.Tensor]) -> list[torch.Tensor]:

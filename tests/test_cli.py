@@ -109,6 +109,7 @@ def test_demo_runs_as_a_command(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "demo.png").stat().st_size > 1000
     assert "demo.png" in result.stdout
+    assert "codec:" in result.stdout  # the compression part ran, or says why it could not
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

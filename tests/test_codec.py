@@ -370,3 +370,21 @@ def test_cli_compress_decompress_files_and_folders(codec, tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"not an image")
     assert main(["compress", str(tmp_path / "x.png"), "--model", str(model)]) == 2
     assert "x.png" in capsys.readouterr().err
+
+
+def test_demo_codec_round_trip_reports_the_real_file(codec, tmp_path):
+    """The quick start's codec part: a real file, its real bpp, the PSNR of the decoded PNG."""
+    from clearvae.data import read_image
+    from clearvae.demo import codec_demo, demo_picture
+
+    model = save_codec(codec, tmp_path / "c.safetensors")
+    r = codec_demo(tmp_path / "demo", model, quality=3, size=(64, 96))
+    assert r.compressed_bytes == r.compressed.stat().st_size
+    assert r.bpp == pytest.approx(8 * r.compressed_bytes / (64 * 96))
+    decoded = codec.decompress(r.compressed.read_bytes())
+    assert np.array_equal(read_image(r.decoded), np.round(decoded * 255) / 255)
+    original = read_image(r.picture)
+    assert np.array_equal(original * 255, demo_picture(64, 96).astype(np.float32))
+    mse = np.mean((original.astype(np.float64) - np.round(decoded * 255) / 255) ** 2)
+    assert r.psnr == pytest.approx(10 * np.log10(1 / mse), abs=0.01)
+    assert not np.array_equal(demo_picture(64, 96, seed=1), demo_picture(64, 96))
