@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clearvae.codec.codec import Codec
 from clearvae.codec.storage import default_model_path, load_codec
-from clearvae.compress import compress_file, decompress_file
+from clearvae.compress import Result, compress_file, decompress_file
 from clearvae.data import SyntheticDigits, read_image, write_image
 from clearvae.generate import load, reconstruction_grid
 from clearvae.metrics import psnr
@@ -31,6 +32,9 @@ def run_demo(out: Path, steps: int = 600, progress: bool | None = None,
     """Train for ``steps`` steps (about a minute on 2 CPU cores) and write ``demo.png``; then
     the codec round trip (``codec_demo``) with ``codec`` or the bundled model, if there is one."""
     t0 = time.perf_counter()
+    # The codec first: a bad --codec fails here, before a minute of training.
+    has_codec = codec is not None or default_model_path().exists()
+    model_codec = load_codec(codec) if has_codec else None
     config = TrainConfig(
         model=DEMO_MODEL, data=DataConfig(train="synthetic-digits:10000"), out=str(out / "run"),
         max_steps=steps, batch_size=64, lr=2e-3, ema_decay=0.99, log_every=100,
@@ -47,47 +51,38 @@ def run_demo(out: Path, steps: int = 600, progress: bool | None = None,
     png = write_image(out / "demo.png", figure) or out / "demo.png"
     print(f"trained for {steps} steps in {time.perf_counter() - t0:.0f} s; model: {model_path}")
     print(f"top: 16 held-out digits above their reconstructions; bottom: 32 samples -> {png}")
-    if codec is None and not default_model_path().exists():
+    if model_codec is None:
         print("codec: this install has no bundled codec model yet (docs/benchmarks.md says "
               "where its training stands); `clearvae demo --codec MODEL` runs this part with one")
     else:
-        r = codec_demo(out, codec)
-        print(f"codec: {r.picture.name} ({r.width}x{r.height}) -> {r.compressed.name}, "
-              f"{r.compressed_bytes} bytes, {r.bpp:.3f} bpp at quality {r.quality}; decoded: "
-              f"{r.decoded.name}, PSNR {r.psnr:.2f} dB")
+        r = codec_demo(out, model_codec)
+        c = r.compressed
+        print(f"codec: {c.source.name} -> {c.target.name}, {c.compressed_bytes} bytes, "
+              f"{c.bpp:.3f} bpp at quality {r.quality}; decoded: {r.decoded.name}, "
+              f"PSNR {r.psnr:.2f} dB")
     return Path(png)
 
 
 @dataclass(frozen=True)
 class CodecDemo:
-    picture: Path  # the generated PNG
-    compressed: Path  # its .cvae file
+    compressed: Result  # the generated PNG -> its .cvae file (real size and bpp)
     decoded: Path  # the .cvae file decoded to PNG
-    compressed_bytes: int  # the whole file, header included
-    width: int
-    height: int
     quality: int
     psnr: float  # dB, RGB, 8-bit decoded file against the 8-bit picture
 
-    @property
-    def bpp(self) -> float:
-        return 8 * self.compressed_bytes / (self.width * self.height)
 
-
-def codec_demo(out: Path, codec: str | os.PathLike | None = None, quality: int = 4,
+def codec_demo(out: Path, codec: Codec, quality: int = 4,
                size: tuple[int, int] = (512, 768)) -> CodecDemo:
     """Write a generated picture, compress it to a real file and decode that file again."""
-    model = load_codec(codec)
     out.mkdir(parents=True, exist_ok=True)
     picture, compressed, decoded = (out / "demo-picture.png", out / "demo-picture.cvae",
                                     out / "demo-picture-decoded.png")
     write_image(picture, demo_picture(*size) / 255.0)
-    result = compress_file(model, picture, compressed, quality=quality, overwrite=True)
-    decompress_file(model, compressed, decoded, overwrite=True)
+    result = compress_file(codec, picture, compressed, quality=quality, overwrite=True)
+    decompress_file(codec, compressed, decoded, overwrite=True)
     a, b = (torch.from_numpy(read_image(p, channels=3)).permute(2, 0, 1)[None]
             for p in (picture, decoded))
-    return CodecDemo(picture, compressed, decoded, result.compressed_bytes, size[1], size[0],
-                     quality, float(psnr(a, b)))
+    return CodecDemo(result, decoded, quality, float(psnr(a, b)))
 
 
 def demo_picture(h: int, w: int, seed: int = 0) -> np.ndarray:

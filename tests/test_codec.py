@@ -377,14 +377,23 @@ def test_demo_codec_round_trip_reports_the_real_file(codec, tmp_path):
     from clearvae.data import read_image
     from clearvae.demo import codec_demo, demo_picture
 
-    model = save_codec(codec, tmp_path / "c.safetensors")
-    r = codec_demo(tmp_path / "demo", model, quality=3, size=(64, 96))
-    assert r.compressed_bytes == r.compressed.stat().st_size
-    assert r.bpp == pytest.approx(8 * r.compressed_bytes / (64 * 96))
-    decoded = codec.decompress(r.compressed.read_bytes())
+    r = codec_demo(tmp_path / "demo", codec, quality=3, size=(64, 96))
+    c = r.compressed
+    assert c.compressed_bytes == c.target.stat().st_size
+    assert c.bpp == pytest.approx(8 * c.compressed_bytes / (64 * 96))
+    decoded = codec.decompress(c.target.read_bytes())
     assert np.array_equal(read_image(r.decoded), np.round(decoded * 255) / 255)
-    original = read_image(r.picture)
+    original = read_image(c.source)
     assert np.array_equal(original * 255, demo_picture(64, 96).astype(np.float32))
     mse = np.mean((original.astype(np.float64) - np.round(decoded * 255) / 255) ** 2)
     assert r.psnr == pytest.approx(10 * np.log10(1 / mse), abs=0.01)
     assert not np.array_equal(demo_picture(64, 96, seed=1), demo_picture(64, 96))
+
+
+def test_demo_refuses_a_bad_codec_before_training(tmp_path, capsys):
+    from clearvae.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), "--codec",
+                 str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # it stopped before training wrote anything
