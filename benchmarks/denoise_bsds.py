@@ -69,7 +69,8 @@ SHARED = Path(os.environ.get("CLEARVAE_DATA", REPO.parent / "shared" / "data"))
 ANCHOR_KEY = "denoising_bsd68_sigma25_psnr_db"
 METHODS = ["noisy", "nlm", "tv", "wavelet", "bm3d", "ours", "ours_unsupervised"]
 
-Denoiser = Callable[[np.ndarray, float], np.ndarray]  # (H, W) noisy, sigma on [0, 1] -> (H, W)
+# (H, W) noisy, sigma on [0, 1] -> (H, W) estimate, or (estimate, per-pixel std) for ours
+Denoiser = Callable[[np.ndarray, float], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 Image = tuple[str, np.ndarray]  # (file stem, (H, W) float32)
 
 
@@ -149,7 +150,12 @@ def vae_denoiser(model: str | os.PathLike | None, samples: int, seed: int) -> De
     from clearvae.restore import denoise, load_denoiser
 
     vae = load_denoiser(model)
-    return lambda noisy, sigma: denoise(noisy, model=vae, samples=samples, seed=seed).mean
+
+    def fn(noisy: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        result = denoise(noisy, model=vae, samples=samples, seed=seed)
+        return result.mean, result.std
+
+    return fn
 
 
 def fit_vae_denoiser(noisy: list[np.ndarray], sigma: int, out: Path, minutes: float,
@@ -175,15 +181,32 @@ def measure(method: str, fn: Denoiser, clean: list[Image], noisy: list[np.ndarra
         t0 = time.perf_counter()
         out = fn(y, sigma / 255.0)
         seconds = time.perf_counter() - t0
+        out, std = out if isinstance(out, tuple) else (out, None)
         out = np.clip(np.asarray(out, dtype=np.float32).reshape(x.shape), 0.0, 1.0)
-        cell.images.append({"image": name, "psnr": psnr(out, x), "ssim": ssim(out, x),
-                            "seconds": seconds})
+        scores = {"psnr": psnr(out, x), "ssim": ssim(out, x), "seconds": seconds}
+        cell.images.append({"image": name, **scores,
+                            **({} if std is None else calibration(out, std, x))})
     cell.count = len(cell.images)
     cell.psnr, cell.ssim, cell.seconds_per_image = (
         float(np.mean([r[k] for r in cell.images])) for k in ("psnr", "ssim", "seconds"))
+    if "std_ratio" in cell.images[0]:
+        cell.extra.update({k: float(np.mean([r[k] for r in cell.images]))
+                           for k in ("std_ratio", "std_corr")})
     print(f"{method:>17} sigma={sigma:<3} PSNR {cell.psnr:6.2f} dB  SSIM {cell.ssim:.4f}  "
           f"{cell.seconds_per_image:7.3f} s/image", flush=True)
     return cell
+
+
+def calibration(estimate: np.ndarray, std: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """How well an uncertainty map predicts the error: ``std_ratio`` = RMS of the map over the
+    RMS error (1: right on average), ``std_corr`` = correlation across pixels of the map with
+    the absolute error (0: no idea where the errors are)."""
+    error = np.abs(estimate.astype(np.float64) - clean)
+    std = np.asarray(std, dtype=np.float64).reshape(clean.shape)
+    rms_error = float(np.sqrt(np.mean(error**2)))
+    ratio = float(np.sqrt(np.mean(std**2)) / rms_error) if rms_error > 0 else float("nan")
+    corr = float(np.corrcoef(std.ravel(), error.ravel())[0, 1]) if np.ptp(std) > 0 else 0.0
+    return {"std_ratio": ratio, "std_corr": corr}
 
 
 def skip(method: str, sigma: int, reason: str) -> Cell:
@@ -273,8 +296,15 @@ def markdown(result: dict, cells: list[Cell]) -> str:
     if anchor:
         quoted = "; ".join(f"{name} {value:.2f} dB" for name, value in anchor.items())
         lines += ["", f"Published, BSD68 (68-image subset), σ=25: {quoted}."]
+    calibrated = [f"- {c.method}, σ={c.sigma}: RMS std / RMS error {c.extra['std_ratio']:.2f}, "
+                  f"correlation of std with |error| {c.extra['std_corr']:.2f}"
+                  for c in cells if "std_ratio" in c.extra]
+    if calibrated:
+        lines += ["", "Uncertainty map (the per-pixel std of the draws) against the real error:",
+                  "", *calibrated]
     trained = [f"- ours_unsupervised, σ={c.sigma}: trained {c.extra['train_seconds']:.0f} s "
-               f"on the {c.extra['train_images']} noisy images" for c in cells if c.extra]
+               f"on the {c.extra['train_images']} noisy images" for c in cells
+               if "train_seconds" in c.extra]
     if trained:
         lines += ["", "Training (not in s / image):", "", *trained]
     if notes:

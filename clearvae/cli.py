@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    "NAME_denoised.png beside each input)")
     s.add_argument("--model", help="denoiser model file (default: the bundled one)")
     s.add_argument("-k", "--samples", type=int, default=8,
-                   help="posterior samples averaged into the estimate (default %(default)s)")
+                   help="posterior samples: averaged into the estimate, or with a conditional "
+                   "model such as the bundled one, only the spread for --std (default "
+                   "%(default)s)")
     s.add_argument("--save-samples", type=int, default=0, metavar="N",
                    help="also write N individual samples (NAME_sample{k}.png)")
     s.add_argument("--std", action="store_true", help="also write the per-pixel standard "
@@ -97,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model from a YAML config and/or flags")
     s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
     s.add_argument("--preset", help="start from a built-in config: denoise-noisy (a folder "
-                   "of noisy images) or denoise-synthetic (clean images + Gaussian noise)")
+                   "of noisy images), denoise-synthetic (clean images + Gaussian noise, the "
+                   "bundled denoiser's recipe) or denoise-synthetic-hdn (the same data, the "
+                   "earlier HDN model)")
     s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
                    "or synthetic-digits")
     s.add_argument("--val", help="held-out data evaluated at the end")

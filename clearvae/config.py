@@ -50,7 +50,7 @@ class Config:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, value in data.items():
-            kind = _config_class(hints[key])
+            kind = _config_class(hints[key], value)
             kwargs[key] = kind.from_dict(value) if kind and isinstance(value, dict) else value
         try:
             return cls(**kwargs)
@@ -62,11 +62,18 @@ class Config:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _config_class(hint: Any) -> type[Config] | None:
-    for option in get_args(hint) or (hint,):
-        if isinstance(option, type) and issubclass(option, Config):
-            return option
-    return None
+def _config_class(hint: Any, value: Any = None) -> type[Config] | None:
+    """The config class a field's value builds: for a union of several, the one whose
+    ``kind`` the value names (the first when it names none)."""
+    options = [o for o in get_args(hint) or (hint,)
+               if isinstance(o, type) and issubclass(o, Config)]
+    if len(options) > 1 and isinstance(value, dict) and "kind" in value:
+        named = [o for o in options if getattr(o, "kind", None) == value["kind"]]
+        if not named:
+            kinds = ", ".join(repr(o.kind) for o in options if hasattr(o, "kind"))
+            raise ConfigError(f"kind {value['kind']!r} is not one of {kinds}")
+        return named[0]
+    return options[0] if options else None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -64,3 +64,14 @@ def test_markdown_lists_skipped_methods_with_the_reason() -> None:
 def test_bsds_images_load_as_gray_floats() -> None:
     [(name, x)] = bench.load_bsds(shared("bsds500/val"), limit=1)
     assert x.ndim == 2 and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1 and name
+
+
+def test_calibration_of_an_uncertainty_map() -> None:
+    rng = np.random.default_rng(0)
+    clean = np.zeros((64, 64))
+    spread = np.where(np.arange(64) < 32, 0.01, 0.1)[None].repeat(64, 0)  # (64, 64)
+    estimate = clean + spread * rng.standard_normal(clean.shape)
+    right = bench.calibration(estimate, spread, clean)
+    assert abs(right["std_ratio"] - 1) < 0.05 and right["std_corr"] > 0.5
+    flat = bench.calibration(estimate, np.full_like(spread, 0.3), clean)
+    assert flat["std_ratio"] > 3 and flat["std_corr"] == 0.0

@@ -13,6 +13,10 @@ gains in likelihood, so the latent keeps the signal and s is a clean image; deco
 posterior samples gives diverse plausible clean images, their mean the MMSE estimate and their
 spread an uncertainty map (``clearvae.restore``). The backbone is any VAE family with a
 Gaussian likelihood (the hierarchical one is HDN); its own likelihood is not used.
+
+With clean training images (synthetic noise) the backbone may instead be the conditional VAE
+of ``models.conditional``, which learns p(clean | noisy) directly: its U-Net gives the MMSE
+estimate itself and its latents the draws around it (the bundled denoiser is one).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from torch import Tensor, nn
 from clearvae.config import Config
 from clearvae.errors import ConfigError
 from clearvae.models.base import VAEOutput, vae_loss
+from clearvae.models.conditional import ConditionalDenoiser, ConditionalDenoiserConfig
 from clearvae.models.conv import ConvVAE, ConvVAEConfig
 from clearvae.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
 from clearvae.noise import NoiseConfig, noise_log_prob
 
-BACKBONES = {"hierarchical": HierarchicalVAE, "conv": ConvVAE}
+BACKBONES = {"hierarchical": HierarchicalVAE, "conv": ConvVAE, "conditional": ConditionalDenoiser}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +44,7 @@ class DenoisingVAEConfig(Config):
     noise model of the training images."""
 
     kind: Literal["denoiser"] = "denoiser"
-    backbone: HierarchicalVAEConfig | ConvVAEConfig = dataclasses.field(
+    backbone: HierarchicalVAEConfig | ConvVAEConfig | ConditionalDenoiserConfig = dataclasses.field(
         default_factory=lambda: HierarchicalVAEConfig(likelihood="gaussian", image_channels=1,
                                                       image_size=(64, 64)))
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
@@ -48,6 +53,15 @@ class DenoisingVAEConfig(Config):
         if self.backbone.likelihood != "gaussian":
             raise ConfigError(f"a denoiser's backbone must use likelihood gaussian (its output "
                               f"is the clean image); got {self.backbone.likelihood!r}")
+        if self.conditional and self.noise.synthetic is None:
+            raise ConfigError("a conditional backbone learns from clean images with synthetic "
+                              "noise: set noise.synthetic [lo, hi] (for noisy images alone use "
+                              "a hierarchical backbone, preset denoise-noisy)")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the backbone learns p(clean | noisy) directly (``models.conditional``)."""
+        return self.backbone.kind == "conditional"
 
     @property
     def image_channels(self) -> int:
@@ -69,16 +83,34 @@ class DenoisingVAE(nn.Module):
         """x (B, C, H, W) noisy, [0, 1] scale (may stray outside); ``sigma`` (B,) the Gaussian
         noise std of each image when it varies (synthetic noise); ``target`` what the
         likelihood scores (default x). ``params`` is s."""
+        if self.config.conditional:  # its own loss; params is the MMSE estimate
+            if target is None or sigma is None:
+                raise ConfigError("a conditional denoiser trains on clean targets with known "
+                                  "noise (synthetic noise)")
+            return self.backbone(x, target, sigma)
         out = self.backbone(x)
         s = out.params  # (B, C, H, W): one posterior sample's clean image
         target = x if target is None else target
         return VAEOutput(-noise_log_prob(self.config.noise, target, s, sigma), out.kl, s)
 
     @torch.no_grad()
-    def posterior_samples(self, x: Tensor, n: int) -> Tensor:
-        """(n, B, C, H, W) clean images decoded from n draws of q(z | x)."""
+    def mean_and_draws(self, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The MMSE estimate (B, C, H, W) and n clean images drawn from the posterior
+        (n, B, C, H, W): the draws' mean, or the conditional backbone's own mean."""
+        if self.config.conditional:
+            return self.backbone.mean_and_draws(x, n)
         self.backbone.check_input(x)
-        return torch.stack([self.backbone(x).params for _ in range(n)])
+        draws = torch.stack([self.backbone(x).params for _ in range(n)])
+        return draws.mean(0), draws
+
+    @torch.no_grad()
+    def draw(self, x: Tensor) -> Tensor:
+        """(B, C, H, W): one clean image drawn from the posterior of each noisy image (for a
+        conditional backbone its latents' part, without the per-pixel noise: what inpainting
+        iterates on)."""
+        if self.config.conditional:
+            return self.backbone.mean_and_draws(x, 1, pixel_noise=False)[1][0]
+        return self.backbone(x).params
 
 
 def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,

@@ -1,8 +1,9 @@
 """Denoising with a denoising VAE: MMSE estimate, posterior samples and an uncertainty map.
 
     noisy image (H, W[, C]) --tiles--> K posterior draws s_1..s_K per tile (DenoisingVAE)
-        mean = (1/K) sum s_k       the MMSE estimate (Prakash et al., DivNoising, ICLR 2021)
-        std  = sqrt(mean(s_k^2) - mean^2)    per-pixel spread of the plausible clean images
+        mean = (1/K) sum s_k       the MMSE estimate (Prakash et al., DivNoising, ICLR 2021);
+                                   a conditional model (the bundled one) gives it directly
+        std  = sqrt(mean(s_k^2) - mean(s_k)^2)    per-pixel spread of the plausible clean images
 
 A 1-channel model denoises an RGB image plane by plane. A model trained blind on a range of
 synthetic Gaussian noise (the bundled one) sees the planes of an opponent colour basis, as
@@ -166,16 +167,17 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
         torch.manual_seed(seed)
 
         def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-            draws = model.posterior_samples(x[..., y0:y1, x0:x1].to(device), samples)
+            mean, draws = model.mean_and_draws(x[..., y0:y1, x0:x1].to(device), samples)
             if opponent:  # (K, 3, 1, h, w): back to RGB before any statistics
-                draws = from_opponent(draws)
-            moments = torch.stack([draws.mean(0), draws.square().mean(0)])  # (2, B, c, h, w)
+                mean, draws = from_opponent(mean), from_opponent(draws)
+            # (3, B, c, h, w): the estimate and the draws' first two moments (for the spread)
+            moments = torch.stack([mean, draws.mean(0), draws.square().mean(0)])
             parts = [moments, draws] if keep_samples else [moments]
             return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
 
         out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)
-    out = out.view(-1, *x.shape)  # (2 [+ K], B, c, H, W)
-    mean, second = out[0], out[1]
-    std = (second - mean.square()).clamp_min(0).sqrt()
-    draws = from_planes(out[2:].clamp(0, 1), shape) if keep_samples else None
+    out = out.view(-1, *x.shape)  # (3 [+ K], B, c, H, W)
+    mean, first, second = out[0], out[1], out[2]
+    std = (second - first.square()).clamp_min(0).sqrt()
+    draws = from_planes(out[3:].clamp(0, 1), shape) if keep_samples else None
     return Denoised(from_planes(mean.clamp(0, 1), shape), from_planes(std, shape), draws, sigma)

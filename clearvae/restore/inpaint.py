@@ -8,8 +8,11 @@ Laplace equation) continues the surroundings into holes of any size. From there:
   denoising, as plug-and-play and diffusion samplers do: for sigma_t falling geometrically from
   the top of its training range to the bottom,
 
-      y = x_t + sigma_t n,  s ~ decode(q(z | y)),  x_{t+1} = s in the holes, the known pixels
-      elsewhere
+      y = x_t + sigma_t n,  s = one posterior draw for y,  x_{t+1} = s in the holes, the known
+      pixels elsewhere
+
+  (a draw of a conditional denoiser, the bundled one, is its mean plus its latents' part,
+  without the per-pixel noise that its own uncertainty adds: ``DenoisingVAE.draw``).
 
   The noise lets the model invent detail at coarse scales first, then finer ones; each chain
   (its own noise) gives a different plausible filling.
@@ -76,7 +79,7 @@ def load_restorer(path: str | os.PathLike | None) -> torch.nn.Module:
 def _draw(model: torch.nn.Module, x: Tensor) -> Tensor:
     """One decoded posterior draw per image of x (B, C, H, W)."""
     if isinstance(model, DenoisingVAE):
-        return model.backbone(x).params
+        return model.draw(x)
     if isinstance(model, VAE):
         return model.likelihood.mean(model(x).params)
     raise ModelFileError(f"cannot inpaint with a {type(model).__name__}: use a VAE or a denoiser")
