@@ -11,12 +11,13 @@ import numpy as np
 from PIL import Image
 
 from clearvae import checkpoint
+from clearvae.models import model_from_file
 from clearvae.restore import denoise
 from clearvae.restore.denoise import load_denoiser
 
 src, dst = sys.argv[1], sys.argv[2]
 loaded = checkpoint.load_file(src)
-model = load_denoiser(src)
+model = model_from_file(loaded, src)
 state = {k: v.half() for k, v in model.state_dict().items()}
 info = {**loaded.info, "note": "fp16 copy of the run's averaged (EMA) weights",
         "see": "docs/benchmarks.md (bundled denoiser)"}

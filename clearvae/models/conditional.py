@@ -83,7 +83,8 @@ class ConditionalDenoiserConfig(Config):
 
 
 class Residual(nn.Module):
-    """x + conv(relu(conv(x))); the last convolution starts at zero (the block at identity)."""
+    """x + conv(relu(conv(x))); the last convolution starts at zero (the block at identity).
+    Not ``layers.ResBlock``: its GroupNorms cost time on a CPU, and denoisers do without."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -144,8 +145,11 @@ class ConditionalDenoiser(nn.Module):
             raise ConfigError(f"model expects images of shape (B, {self.config.image_channels}, "
                               f"H, W), got {tuple(y.shape)}")
 
-    def _unet(self, y: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The mean m (B, C, H', W') of the padded y and the decoder features d_0 .. d_L."""
+    def _unet(self, y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """y padded to a multiple of 2**levels (B, C, H', W'), its mean m (float32, same shape)
+        and the decoder features d_0 .. d_L."""
+        self.check_input(y)
+        y = pad_to_multiple(y, 2**self.config.levels)
         h = self.stem(2 * y - 1)
         skips = []
         for enc, down in zip(self.enc, self.down):
@@ -157,7 +161,7 @@ class ConditionalDenoiser(nn.Module):
         for r in reversed(range(self.config.levels)):
             h = self.dec[r](self.up[r](h) + skips[r])
             feats.append(h)
-        return y - self.head(h), feats[::-1]
+        return y, (y - self.head(h)).float(), feats[::-1]
 
     def _branch(self, d: list[Tensor], m: Tensor, e: list[Tensor] | None,
                 temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -191,12 +195,9 @@ class ConditionalDenoiser(nn.Module):
     def forward(self, y: Tensor, x: Tensor, sigma: Tensor) -> VAEOutput:
         """-ELBO terms for noisy y and clean x (B, C, H, W) with noise std ``sigma`` (B,), on
         the [0, 1] scale; ``params`` is the mean m."""
-        self.check_input(y)
         size = y.shape[-2:]
-        f = 2**self.config.levels
-        yp, xp = pad_to_multiple(y, f), pad_to_multiple(x, f)
-        m, d = self._unet(yp)
-        m = m.float()
+        yp, m, d = self._unet(y)
+        xp = pad_to_multiple(x, 2**self.config.levels)
         s, tau, kl = self._branch(d, m, self._residual_features(xp, yp, m))
         m, s, tau = (t[..., : size[0], : size[1]] for t in (m, s, tau))
         mse = 0.5 * (x - m).square().flatten(1).sum(1) / SIGMA_REF**2
@@ -207,10 +208,8 @@ class ConditionalDenoiser(nn.Module):
     def mean_and_draws(self, y: Tensor, n: int, pixel_noise: bool = True) -> tuple[Tensor, Tensor]:
         """The MMSE estimate (B, C, H, W) and n draws (n, B, C, H, W) from p(x | y): s + tau
         noise, or s alone (the latents' part) with ``pixel_noise`` False."""
-        self.check_input(y)
         size = y.shape[-2:]
-        m, d = self._unet(pad_to_multiple(y, 2**self.config.levels))
-        m = m.float()
+        _, m, d = self._unet(y)
         draws = []
         for _ in range(n):
             s, tau, _ = self._branch(d, m, None)
