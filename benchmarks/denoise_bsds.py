@@ -159,14 +159,19 @@ def vae_denoiser(model: str | os.PathLike | None, samples: int, seed: int) -> De
 
 
 def fit_vae_denoiser(noisy: list[np.ndarray], sigma: int, out: Path, minutes: float,
-                     samples: int, seed: int) -> tuple[Denoiser, dict]:
-    """Ours, unsupervised: train on the noisy images themselves, then denoise with that model."""
+                     samples: int, seed: int, overrides: list[str] = ()) -> tuple[Denoiser, dict]:
+    """Ours, unsupervised: train on the noisy images themselves, then denoise with that model.
+    ``overrides``: KEY=VALUE settings of the training config (as ``clearvae train --set``)."""
+    from clearvae.config import parse_override
     from clearvae.restore import fit_unsupervised
 
+    settings = {".".join(key): value for key, value in map(parse_override, overrides)}
     t0 = time.perf_counter()
-    path = fit_unsupervised(noisy, out=out, sigma=float(sigma), minutes=minutes)
+    path = fit_unsupervised(noisy, out=out, sigma=float(sigma), minutes=minutes, progress=False,
+                            overrides=settings)
     info = {"train_seconds": time.perf_counter() - t0, "model": str(path),
-            "train_minutes_budget": minutes, "train_images": len(noisy)}
+            "train_minutes_budget": minutes, "train_images": len(noisy),
+            "train_settings": list(overrides)}
     return vae_denoiser(path, samples, seed), info
 
 
@@ -244,11 +249,12 @@ def run_unsupervised(args: argparse.Namespace, clean: list[Image], noisy: list[n
         print(f"{name} sigma={sigma}: training for up to {args.unsupervised_minutes:g} min on "
               f"{len(noisy)} noisy images", flush=True)
         fn, info = fit_vae_denoiser(noisy, sigma, args.out / f"unsupervised_sigma{sigma}",
-                                    args.unsupervised_minutes, args.samples, args.seed)
+                                    args.unsupervised_minutes, args.samples, args.seed,
+                                    args.unsupervised_set)
         cell = measure(name, fn, clean, noisy, sigma)
     except (ImportError, ClearvaeError) as exc:
         return skip(name, sigma, f"{type(exc).__name__}: {exc}")
-    cell.extra = info
+    cell.extra.update(info)  # beside the std map's calibration
     return cell
 
 
@@ -361,6 +367,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="training time per sigma for ours_unsupervised (default 10; 0: skip)")
     p.add_argument("--unsupervised-sigmas", type=_ints, default=[25],
                    help="sigmas at which ours_unsupervised is trained (default 25)")
+    p.add_argument("--unsupervised-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training setting for ours_unsupervised (as clearvae train --set), "
+                        "e.g. precision=bf16-mixed; repeatable")
     args = p.parse_args(argv)
     for name in ("limit", "threads", "samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -100,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
     s.add_argument("--preset", help="start from a built-in config: denoise-noisy (a folder "
                    "of noisy images), denoise-synthetic (clean images + Gaussian noise, the "
-                   "bundled denoiser's recipe) or denoise-synthetic-hdn (the same data, the "
-                   "earlier HDN model)")
+                   "bundled denoiser's recipe), or denoise-noisy-hdn / denoise-synthetic-hdn "
+                   "(the same data, the earlier HDN model)")
     s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
                    "or synthetic-digits")
     s.add_argument("--val", help="held-out data evaluated at the end")

@@ -89,16 +89,21 @@ def noise_log_prob(noise: NoiseConfig, x: Tensor, s: Tensor,
     ``sigma`` (B,) overrides the configured Gaussian std per image ([0, 1] scale), as training
     with synthetic noise of a random level needs.
     """
+    var = noise_variance(noise, s, sigma)
+    lp = -0.5 * ((x - s).square() / var + var.log() + math.log(2 * math.pi))
+    return lp.flatten(1).sum(1)
+
+
+def noise_variance(noise: NoiseConfig, s: Tensor, sigma: Tensor | None = None) -> Tensor:
+    """(B, C, H, W) variance of the noise around the clean signal s (B, C, H, W), [0, 1] scale;
+    ``sigma`` (B,) as in ``noise_log_prob``."""
     if noise.kind == "gaussian":
         if sigma is None:
             if noise.sigma is None:
                 raise ConfigError("noise.sigma is not set: estimate it first (training does)")
-            sigma = torch.full((x.shape[0],), noise.sigma / 255.0, device=x.device)
-        var = sigma.square()[:, None, None, None].expand_as(x)
-    else:
-        var = noise.a * s.clamp_min(0.0) + noise.b
-    lp = -0.5 * ((x - s).square() / var + var.log() + math.log(2 * math.pi))
-    return lp.flatten(1).sum(1)
+            sigma = torch.full((s.shape[0],), noise.sigma / 255.0, device=s.device)
+        return sigma.square()[:, None, None, None].expand_as(s)
+    return noise.a * s.clamp_min(0.0) + noise.b
 
 
 def _diagonal_haar(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

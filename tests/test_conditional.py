@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from clearvae import checkpoint
 from clearvae.data import write_image
 from clearvae.errors import ConfigError
 from clearvae.models import build_model, model_config_from_dict
-from clearvae.models.denoiser import DenoisingVAE, DenoisingVAEConfig, denoise_objective
+from clearvae.models.denoiser import DenoisingVAE, DenoisingVAEConfig, denoise_objective, recorrupt
+from clearvae.noise import NoiseConfig
 from clearvae.restore import denoise, inpaint
 from clearvae.restore.presets import preset
 from clearvae.training import ObjectiveConfig, TrainConfig
@@ -56,7 +58,7 @@ def test_the_backbone_kind_picks_the_config_class():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"backbone": BACKBONE, "noise": {"sigma": 25}}, "synthetic"),  # needs clean targets
+    ({"backbone": BACKBONE, "recorruption": [0, 1]}, "recorruption"),
     ({"backbone": {**BACKBONE, "widths": [8]}}, "at least two"),
     ({"backbone": {**BACKBONE, "branch": 0}}, "branch"),
     ({"backbone": {**BACKBONE, "depth": 3}}, "unknown key"),
@@ -101,6 +103,44 @@ def test_training_on_noisy_bars_learns_to_denoise_and_draws_spread():
     assert np.mean(gain) > 3.0, gain  # noisy input: ~20 dB
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_recorruption_pairs_have_uncorrelated_noise_of_the_stated_variance(alpha):
+    sigma = 25 / 255
+    torch.manual_seed(0)
+    y = 0.5 + sigma * torch.randn(64, 1, 32, 32)  # noisy images of a flat 0.5
+    inp, target, target_var = recorrupt(NoiseConfig(sigma=25.0), y, (alpha, alpha))
+    a, b = (inp - 0.5).flatten(), (target - 0.5).flatten()
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.02
+    assert float(a.var()) == pytest.approx((1 + alpha**2) * sigma**2, rel=0.03)
+    assert float(b.var()) == pytest.approx((1 + 1 / alpha**2) * sigma**2, rel=0.03)
+    assert torch.allclose(target_var, torch.full_like(y, (1 + 1 / alpha**2) * sigma**2))
+
+
+def test_poisson_gaussian_recorruption_follows_the_signal_level():
+    noise = NoiseConfig(kind="poisson_gaussian", a=0.01, b=1e-4)
+    y = torch.cat([torch.full((8, 1, 16, 16), 0.1), torch.full((8, 1, 16, 16), 0.9)])
+    _, _, target_var = recorrupt(noise, y, (1.0, 1.0))
+    assert torch.allclose(target_var[:8], torch.full_like(target_var[:8], 2 * (0.01 * 0.1 + 1e-4)))
+    assert torch.allclose(target_var[8:], torch.full_like(target_var[8:], 2 * (0.01 * 0.9 + 1e-4)))
+
+
+def test_training_on_noisy_bars_alone_learns_to_denoise():
+    """Recorruption: no clean image is seen, only fixed noisy copies of the bars."""
+    torch.manual_seed(0)
+    model = DenoisingVAE(DenoisingVAEConfig.from_dict({"backbone": BACKBONE,
+                                                        "noise": {"sigma": 25}}))
+    clean = torch.nn.functional.pad(bar_patterns(), (2, 2, 2, 2)).repeat(4, 1, 1, 1)  # (32, ...)
+    noisy = clean + 25 / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    losses = train(model, noisy, 300)
+    assert np.mean(losses[-30:]) < np.mean(losses[:30])
+    gain = []
+    for i in range(8):  # new noise on the clean bars: not the training images
+        image = clean[i, 0].numpy()
+        y = image + np.random.default_rng(100 + i).standard_normal(image.shape) * 25 / 255
+        gain.append(psnr(denoise(y, model, samples=1, sigma=25.0).mean, image) - psnr(y, image))
+    assert np.mean(gain) > 3.0, gain
+
+
 def test_conditional_denoise_tiles_rgb_and_inpaints():
     model = tiny()
     train(model, bar_patterns()[:4], 5)
@@ -119,13 +159,14 @@ def test_conditional_denoise_tiles_rgb_and_inpaints():
                                                                     (2, *rgb[~mask].shape)))
 
 
-def test_training_loop_runs_the_conditional_preset(tmp_path):
-    data = tmp_path / "clean"
+@pytest.mark.parametrize("name", ["denoise-synthetic", "denoise-noisy"])
+def test_training_loop_runs_the_conditional_presets(tmp_path, name):
+    data = tmp_path / "images"
     data.mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
         write_image(data / f"{i}.png", rng.uniform(0, 1, (32, 32, 1)))
-    cfg = preset("denoise-synthetic")
+    cfg = preset(name)
     cfg["model"]["backbone"] = BACKBONE
     cfg.update(out=str(tmp_path / "run"), max_steps=2, batch_size=2, log_every=1)
     cfg["data"] = {**cfg["data"], "train": str(data), "size": [16, 16]}
@@ -133,3 +174,7 @@ def test_training_loop_runs_the_conditional_preset(tmp_path):
     run_training(config, progress=False)
     model = build_model(config.model)
     assert isinstance(model, DenoisingVAE) and (tmp_path / "run" / "model.safetensors").exists()
+    saved = checkpoint.load_file(tmp_path / "run" / "model.safetensors").model_config
+    assert saved["backbone"]["kind"] == "conditional"
+    if name == "denoise-noisy":  # from noisy images alone: the noise level is estimated first
+        assert saved["noise"]["synthetic"] is None and saved["noise"]["sigma"] > 0

@@ -75,3 +75,17 @@ def test_calibration_of_an_uncertainty_map() -> None:
     assert abs(right["std_ratio"] - 1) < 0.05 and right["std_corr"] > 0.5
     flat = bench.calibration(estimate, np.full_like(spread, 0.3), clean)
     assert flat["std_ratio"] > 3 and flat["std_corr"] == 0.0
+
+
+def test_unsupervised_cell_keeps_its_training_record_and_calibration(tmp_path) -> None:
+    backbone = "{kind: conditional, image_size: [16, 16], widths: [8, 16], blocks: 1}"
+    args = bench.parse(["--out", str(tmp_path), "--samples", "2", "--unsupervised-minutes", "1",
+                        "--unsupervised-set", "max_steps=2", "--unsupervised-set", "batch_size=2",
+                        "--unsupervised-set", "data.size=[16, 16]",
+                        "--unsupervised-set", f"model.backbone={backbone}"])
+    clean = [(f"im{i}", np.roll(_squares(), 3 * i, axis=1)) for i in range(2)]
+    noisy = [bench.add_noise(x, 25, 0, i) for i, (_, x) in enumerate(clean)]
+    cell = bench.run_unsupervised(args, clean, noisy, 25)
+    assert cell.skipped is None and cell.count == 2
+    assert cell.extra["train_settings"] == args.unsupervised_set and cell.extra["train_images"] == 2
+    assert cell.extra["std_ratio"] > 0  # measured on the same cell, not overwritten

@@ -102,7 +102,7 @@ def _stack(channels: int, n: int) -> nn.Sequential:
 
 
 class ConditionalDenoiser(nn.Module):
-    """``forward(y, x, sigma)`` gives the loss terms; ``mean_and_draws(y, n)`` denoises."""
+    """``forward(y, x)`` gives the loss terms; ``mean_and_draws(y, n)`` denoises."""
 
     def __init__(self, config: ConditionalDenoiserConfig) -> None:
         super().__init__()
@@ -192,26 +192,33 @@ class ConditionalDenoiser(nn.Module):
             feats.append(h)
         return feats
 
-    def forward(self, y: Tensor, x: Tensor, sigma: Tensor) -> VAEOutput:
-        """-ELBO terms for noisy y and clean x (B, C, H, W) with noise std ``sigma`` (B,), on
-        the [0, 1] scale; ``params`` is the mean m."""
+    def forward(self, y: Tensor, x: Tensor, x_var: Tensor | None = None) -> VAEOutput:
+        """-ELBO terms for noisy y and its target x (B, C, H, W), [0, 1] scale: the clean image,
+        or a noisy one whose noise of variance ``x_var`` (B, C, H, W; recorruption,
+        ``models.denoiser``) is independent of y's; ``params`` is the mean m."""
         size = y.shape[-2:]
         yp, m, d = self._unet(y)
         xp = pad_to_multiple(x, 2**self.config.levels)
         s, tau, kl = self._branch(d, m, self._residual_features(xp, yp, m))
         m, s, tau = (t[..., : size[0], : size[1]] for t in (m, s, tau))
         mse = 0.5 * (x - m).square().flatten(1).sum(1) / SIGMA_REF**2
-        nll = 0.5 * ((x - s) / tau).square() + tau.log() + 0.5 * math.log(2 * math.pi)
+        var = tau.square() if x_var is None else tau.square() + x_var
+        nll = 0.5 * ((x - s).square() / var + var.log() + math.log(2 * math.pi))
         return VAEOutput(mse + nll.flatten(1).sum(1), kl, m)
 
     @torch.no_grad()
-    def mean_and_draws(self, y: Tensor, n: int, pixel_noise: bool = True) -> tuple[Tensor, Tensor]:
+    def mean(self, y: Tensor) -> Tensor:
+        """The MMSE estimate (B, C, H, W) alone: one U-Net pass."""
+        return self._unet(y)[1][..., : y.shape[-2], : y.shape[-1]]
+
+    @torch.no_grad()
+    def mean_and_draws(self, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """The MMSE estimate (B, C, H, W) and n draws (n, B, C, H, W) from p(x | y): s + tau
-        noise, or s alone (the latents' part) with ``pixel_noise`` False."""
+        noise."""
         size = y.shape[-2:]
         _, m, d = self._unet(y)
         draws = []
         for _ in range(n):
             s, tau, _ = self._branch(d, m, None)
-            draws.append(s + tau * torch.randn_like(s) if pixel_noise else s)
+            draws.append(s + tau * torch.randn_like(s))
         return m[..., : size[0], : size[1]], torch.stack(draws)[..., : size[0], : size[1]]

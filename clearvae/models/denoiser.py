@@ -17,6 +17,24 @@ Gaussian likelihood (the hierarchical one is HDN); its own likelihood is not use
 With clean training images (synthetic noise) the backbone may instead be the conditional VAE
 of ``models.conditional``, which learns p(clean | noisy) directly: its U-Net gives the MMSE
 estimate itself and its latents the draws around it (the bundled denoiser is one).
+
+The conditional backbone also learns from noisy images alone, through the noise model, by
+recorruption (Pang, Zhan, Yu, Zhuang, Cui, "Recorrupted-to-Recorrupted: unsupervised deep
+learning for image denoising", CVPR 2021). From a noisy y = x + n with noise variance D^2 and
+a fresh z ~ N(0, I), the pair
+
+    input  y + alpha D z      (noise n + alpha D z: variance (1 + alpha^2) D^2)
+    target y - D z / alpha    (noise n - D z / alpha: variance (1 + 1 / alpha^2) D^2)
+
+has noises that are uncorrelated (covariance D^2 - D^2 = 0), and for Gaussian noise
+independent, so E[target | input] = E[x | input]: the MSE against the noisy target trains the
+same MMSE denoiser as a clean target would, only with more gradient noise. alpha is drawn per
+image from ``recorruption``, so the U-Net is blind over input noise from sqrt(1 + lo^2) to
+sqrt(1 + hi^2) times the data's; it then denoises the data at its own level, just below that
+range (measured in docs/benchmarks.md). The branch scores the target with the target's noise
+added to its own spread, N(target; s, tau^2 + (1 + 1 / alpha^2) D^2): the explicit noise model
+of DivNoising. For Poisson-Gaussian noise D^2 = a s + b is taken at a 3x3 local mean of y, an
+approximation (the recorruption then depends a little on n itself).
 """
 
 from __future__ import annotations
@@ -25,6 +43,7 @@ import dataclasses
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clearvae.config import Config
@@ -33,7 +52,7 @@ from clearvae.models.base import VAEOutput, vae_loss
 from clearvae.models.conditional import ConditionalDenoiser, ConditionalDenoiserConfig
 from clearvae.models.conv import ConvVAE, ConvVAEConfig
 from clearvae.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
-from clearvae.noise import NoiseConfig, noise_log_prob
+from clearvae.noise import NoiseConfig, noise_log_prob, noise_variance
 
 BACKBONES = {"hierarchical": HierarchicalVAE, "conv": ConvVAE, "conditional": ConditionalDenoiser}
 
@@ -48,15 +67,17 @@ class DenoisingVAEConfig(Config):
         default_factory=lambda: HierarchicalVAEConfig(likelihood="gaussian", image_channels=1,
                                                       image_size=(64, 64)))
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
+    # alpha range of the recorruption that trains a conditional backbone on noisy images alone
+    recorruption: tuple[float, float] = (0.5, 1.0)
 
     def validate(self) -> None:
         if self.backbone.likelihood != "gaussian":
             raise ConfigError(f"a denoiser's backbone must use likelihood gaussian (its output "
                               f"is the clean image); got {self.backbone.likelihood!r}")
-        if self.conditional and self.noise.synthetic is None:
-            raise ConfigError("a conditional backbone learns from clean images with synthetic "
-                              "noise: set noise.synthetic [lo, hi] (for noisy images alone use "
-                              "a hierarchical backbone, preset denoise-noisy)")
+        lo, hi = self.recorruption
+        if not 0 < lo <= hi:
+            raise ConfigError(f"recorruption must be an alpha range [lo, hi] with 0 < lo <= hi, "
+                              f"got {list(self.recorruption)}")
 
     @property
     def conditional(self) -> bool:
@@ -78,16 +99,17 @@ class DenoisingVAE(nn.Module):
         self.config = config
         self.backbone = BACKBONES[config.backbone.kind](config.backbone)
 
-    def forward(self, x: Tensor, sigma: Tensor | None = None,
-                target: Tensor | None = None) -> VAEOutput:
+    def forward(self, x: Tensor, sigma: Tensor | None = None, target: Tensor | None = None,
+                target_var: Tensor | None = None) -> VAEOutput:
         """x (B, C, H, W) noisy, [0, 1] scale (may stray outside); ``sigma`` (B,) the Gaussian
         noise std of each image when it varies (synthetic noise); ``target`` what the
-        likelihood scores (default x). ``params`` is s."""
+        likelihood scores (default x), ``target_var`` (B, C, H, W) the variance of the noise
+        left in it (recorruption). ``params`` is s."""
         if self.config.conditional:  # its own loss; params is the MMSE estimate
-            if target is None or sigma is None:
-                raise ConfigError("a conditional denoiser trains on clean targets with known "
-                                  "noise (synthetic noise)")
-            return self.backbone(x, target, sigma)
+            if target is None:
+                raise ConfigError("a conditional denoiser trains on pairs: synthetic noise on "
+                                  "clean images, or recorrupted noisy images")
+            return self.backbone(x, target, target_var)
         out = self.backbone(x)
         s = out.params  # (B, C, H, W): one posterior sample's clean image
         target = x if target is None else target
@@ -105,11 +127,12 @@ class DenoisingVAE(nn.Module):
 
     @torch.no_grad()
     def draw(self, x: Tensor) -> Tensor:
-        """(B, C, H, W): one clean image drawn from the posterior of each noisy image (for a
-        conditional backbone its latents' part, without the per-pixel noise: what inpainting
-        iterates on)."""
+        """(B, C, H, W): what one step of inpainting moves each noisy image to: a clean image
+        drawn from the posterior, or for a conditional backbone its MMSE estimate (the
+        annealed sampler's own noise makes each chain differ; iterating the mean filled Kodak
+        holes 0.37 dB better than iterating its draws, docs/benchmarks.md)."""
         if self.config.conditional:
-            return self.backbone.mean_and_draws(x, 1, pixel_noise=False)[1][0]
+            return self.backbone.mean(x)
         return self.backbone(x).params
 
 
@@ -124,15 +147,29 @@ def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,
     only use is to fit noise) and with far less gradient variance.
     """
     x = _dihedral(x, int(torch.randint(8, ())))
-    noise, sigma, target = model.config.noise, None, None
+    noise, sigma, target, target_var = model.config.noise, None, None, None
     if noise.synthetic is not None:
         lo, hi = noise.synthetic
         sigma = (lo + (hi - lo) * torch.rand(x.shape[0], device=x.device)) / 255.0  # (B,)
         x, target = x + sigma[:, None, None, None] * torch.randn_like(x), x
-    out = model(x, sigma, target)
+    elif model.config.conditional:
+        x, target, target_var = recorrupt(noise, x, model.config.recorruption)
+    out = model(x, sigma, target, target_var)
     terms = vae_loss(out, objective.beta_at(step), objective.free_bits)
     metrics = {k: v.item() for k, v in terms._asdict().items()}
     return terms.loss / x[0].numel(), metrics
+
+
+def recorrupt(noise: NoiseConfig, y: Tensor,
+              alpha: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
+    """Input, target and the target's noise variance (each (B, C, H, W)) for noisy crops y:
+    the recorruption pair of the module docstring, alpha uniform in ``alpha`` per image."""
+    level = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    var = noise_variance(noise, level)  # D^2: at the local mean, for Poisson-Gaussian noise
+    lo, hi = alpha
+    a = (lo + (hi - lo) * torch.rand(y.shape[0], device=y.device))[:, None, None, None]
+    d = var.sqrt() * torch.randn_like(y)
+    return y + a * d, y - d / a, var * (1 + 1 / a.square())
 
 
 def _dihedral(x: Tensor, k: int) -> Tensor:

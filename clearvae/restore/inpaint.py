@@ -11,8 +11,10 @@ Laplace equation) continues the surroundings into holes of any size. From there:
       y = x_t + sigma_t n,  s = one posterior draw for y,  x_{t+1} = s in the holes, the known
       pixels elsewhere
 
-  (a draw of a conditional denoiser, the bundled one, is its mean plus its latents' part,
-  without the per-pixel noise that its own uncertainty adds: ``DenoisingVAE.draw``).
+  (for a conditional denoiser, the bundled one, s is its MMSE estimate, so the chain is
+  annealed denoising with fresh noise at each step, as in Kadkhodaie and Simoncelli, "Solving
+  linear inverse problems using the prior implicit in a denoiser", NeurIPS 2021:
+  ``DenoisingVAE.draw``).
 
   The noise lets the model invent detail at coarse scales first, then finer ones; each chain
   (its own noise) gives a different plausible filling.
