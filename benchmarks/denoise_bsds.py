@@ -50,7 +50,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -159,7 +159,8 @@ def vae_denoiser(model: str | os.PathLike | None, samples: int, seed: int) -> De
 
 
 def fit_vae_denoiser(noisy: list[np.ndarray], sigma: int, out: Path, minutes: float,
-                     samples: int, seed: int, overrides: list[str] = ()) -> tuple[Denoiser, dict]:
+                     samples: int, seed: int,
+                     overrides: Sequence[str] = ()) -> tuple[Denoiser, dict]:
     """Ours, unsupervised: train on the noisy images themselves, then denoise with that model.
     ``overrides``: KEY=VALUE settings of the training config (as ``clearvae train --set``)."""
     from clearvae.config import parse_override

@@ -1,5 +1,7 @@
-"""Conditional VAE denoiser for clean training data: a U-Net gives the posterior mean, latents
-give the spread around it.
+"""Conditional VAE denoiser: a U-Net gives the posterior mean, latents give the spread around it.
+
+Trained on clean images with synthetic noise (below), or on noisy images alone, where the
+clean target x becomes a recorrupted noisy one with known noise (``models.denoiser``).
 
 With clean images at hand (synthetic noise), the posterior p(clean | noisy) can be learned
 directly instead of through a noise model alone. A conditional VAE (Sohn, Lee, Yan, "Learning

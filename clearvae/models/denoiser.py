@@ -145,6 +145,8 @@ def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,
     n, E (x + n - s)^2 = (x - s)^2 + sigma^2 - 2 E[n s]: the same loss as on the noisy image
     up to a constant, minus the reward for copying the noise into s (the -2 E[n s] term, whose
     only use is to fit noise) and with far less gradient variance.
+
+    Without synthetic noise a conditional backbone trains on recorrupted pairs (``recorrupt``).
     """
     x = _dihedral(x, int(torch.randint(8, ())))
     noise, sigma, target, target_var = model.config.noise, None, None, None
@@ -164,8 +166,10 @@ def recorrupt(noise: NoiseConfig, y: Tensor,
               alpha: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
     """Input, target and the target's noise variance (each (B, C, H, W)) for noisy crops y:
     the recorruption pair of the module docstring, alpha uniform in ``alpha`` per image."""
-    level = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    var = noise_variance(noise, level)  # D^2: at the local mean, for Poisson-Gaussian noise
+    level = y  # Gaussian: D^2 does not depend on the signal; Poisson-Gaussian: its local mean
+    if noise.kind != "gaussian":
+        level = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    var = noise_variance(noise, level)
     lo, hi = alpha
     a = (lo + (hi - lo) * torch.rand(y.shape[0], device=y.device))[:, None, None, None]
     d = var.sqrt() * torch.randn_like(y)
