@@ -34,7 +34,7 @@ from clearvae.models.conv import ConvVAEConfig
 CHECKPOINT_NAME = "checkpoints/last.safetensors"
 MODEL_NAME = "model.safetensors"
 MAX_SKIPS_IN_A_ROW = 50
-SHOWN = ("loss", "elbo", "kl", "bpp", "psnr")  # metrics on the progress bar, when present
+SHOWN = ("loss", "rd", "elbo", "kl", "bpp", "psnr")  # metrics on the progress bar, when present
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,16 +292,34 @@ def train_step(fabric: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
     # Gradients are already all-reduced, so every rank reaches the same decision.
-    norm = float(fabric.clip_gradients(model, optimizer, max_norm=config.grad_clip or math.inf,
-                                       error_if_nonfinite=False))
-    skip = not math.isfinite(norm) or (
+    norm, aux_norm = _clip_gradients(fabric, model, optimizer, config.grad_clip)
+    skip = not math.isfinite(norm + aux_norm) or (
         config.skip_threshold is not None and norm > config.skip_threshold)
     if skip:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    return {**metrics, "grad_norm": norm, "lr": optimizer.param_groups[0]["lr"],
-            "skipped": float(skip)}
+    return {**metrics, "grad_norm": norm, "aux_grad_norm": aux_norm,
+            "lr": optimizer.param_groups[0]["lr"], "skipped": float(skip)}
+
+
+def _clip_gradients(fabric: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    max_norm: float | None) -> tuple[float, float]:
+    """Clip the gradients to ``max_norm`` (None: no clipping); return their norm before
+    clipping and that of the auxiliary parameters, which are left out of both. A model
+    names these in ``auxiliary_parameters()``: parameters moved by a loss of their own (the
+    codec's prior quantiles), whose gradient would otherwise dominate the norm (the codec's
+    grew to ~3000 while its rate-distortion gradients stayed far below) and so decide what
+    the clip and ``skip_threshold`` see."""
+    auxiliary = getattr(model, "auxiliary_parameters", None)
+    aux_ids = {id(p) for p in auxiliary()} if auxiliary is not None else set()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    main = [p for p in params if id(p) not in aux_ids]
+    aux = [p for p in params if id(p) in aux_ids]
+    fabric.strategy.precision.unscale_gradients(optimizer)  # what fabric.clip_gradients does
+    norm = torch.nn.utils.clip_grad_norm_(main, max_norm or math.inf, error_if_nonfinite=False)
+    aux_norm = torch.nn.utils.clip_grad_norm_(aux, math.inf) if aux else torch.zeros(())
+    return float(norm), float(aux_norm)
 
 
 def _keep_freed_memory() -> None:

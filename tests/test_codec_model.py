@@ -55,7 +55,8 @@ def test_bpp_counts_unpadded_pixels_and_metrics_are_complete():
         loss, metrics = rd_loss(model, x, torch.Generator().manual_seed(1))
         quality = torch.randint(8, (3,), generator=torch.Generator().manual_seed(1))
         bits = estimated_bits(model(x, quality))
-    assert set(metrics) == {"loss", "bpp", "mse", "psnr", "aux"}
+    assert set(metrics) == {"loss", "rd", "bpp", "mse", "psnr", "aux"}
+    assert metrics["rd"] + metrics["aux"] == pytest.approx(metrics["loss"], rel=1e-6)
     assert metrics["bpp"] == pytest.approx(bits.mean().item() / (70 * 45), rel=1e-5)
     assert metrics["bpp"] > 0 and math.isfinite(loss.item())
 
@@ -83,7 +84,7 @@ def test_loss_goes_down_on_a_tiny_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        rd.append(m["loss"] - m["aux"])
+        rd.append(m["rd"])
     assert sum(rd[-3:]) < 0.5 * sum(rd[:3])
 
 

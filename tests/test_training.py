@@ -190,3 +190,39 @@ def test_compiled_training_writes_the_same_parameter_names(tmp_path):
 def test_an_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision must be one of"):
         _config("unused", precision="fp8")
+
+
+def test_the_codec_prior_quantiles_stay_out_of_the_clipped_and_checked_gradient_norm(
+        tmp_path, monkeypatch):
+    """The aux loss moves only the quantiles; its gradient grew to ~3000 in real training,
+    far above the rate-distortion one, and made skip_threshold skip every update."""
+    from lightning_fabric import Fabric
+
+    from clearvae.codec.model import HyperpriorCodec, HyperpriorCodecConfig
+
+    config = _config(tmp_path, skip_threshold=1e4, grad_clip=None, model={
+        "kind": "hyperprior", "channels_n": 8, "channels_m": 8, "image_channels": 1})
+    fabric = Fabric(accelerator="cpu", devices=1)
+    torch.manual_seed(0)
+    model = HyperpriorCodec(HyperpriorCodecConfig(channels_n=8, channels_m=8, image_channels=1))
+    model, optimizer = fabric.setup(model, torch.optim.Adam(model.parameters(), lr=0.0))
+    x = torch.rand(2, 1, 64, 64)
+
+    def step():
+        torch.manual_seed(1)  # the same qualities and noise each time
+        return training.train_step(fabric, model, optimizer, x, config, 0)
+
+    plain = step()
+    quantiles = model.z_prior.quantiles
+    grads = [p.grad for p in model.parameters() if p is not quantiles and p.grad is not None]
+    rd_norm = float(torch.cat([g.flatten() for g in grads]).norm())
+    assert plain["grad_norm"] == pytest.approx(rd_norm, rel=1e-5)
+    assert plain["aux_grad_norm"] == pytest.approx(float(quantiles.grad.norm()), rel=1e-5)
+    assert 0 < plain["aux_grad_norm"] and plain["grad_norm"] < 1e4 and not plain["skipped"]
+
+    aux_loss = model.z_prior.aux_loss
+    monkeypatch.setattr(model.z_prior, "aux_loss", lambda: 1e6 * aux_loss())
+    loud = step()
+    assert loud["aux_grad_norm"] > 1e4  # would have tripped skip_threshold before
+    assert loud["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
+    assert not loud["skipped"]

@@ -159,6 +159,11 @@ class HyperpriorCodec(nn.Module):
             x_hat = x_hat.clamp(0.0, 1.0)
         return CodecOutput(x_hat, y_likelihoods, z_likelihoods)
 
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only the aux loss moves: the trainer leaves them out of the
+        gradient norm that it clips and checks (see ``rd_loss``)."""
+        return [self.z_prior.quantiles]
+
     def _check(self, x: Tensor, quality: Tensor) -> None:
         c, q = self.config.image_channels, self.config.qualities
         if x.ndim != 4 or x.shape[1] != c:
@@ -205,7 +210,8 @@ def rd_loss(model: HyperpriorCodec, x: Tensor,
     (the density is detached inside it) and the RD term never reaches them (training adds
     noise without the median), so one optimiser can minimise the sum without the aux loss
     bending the RD gradients. Two cautions for the trainer: exclude ``quantiles`` from
-    gradient-norm clipping (its gradient would dominate the norm), and before building coding
+    gradient-norm clipping (its gradient would dominate the norm; ``auxiliary_parameters``
+    names it), and before building coding
     tables call ``model.z_prior.fit_quantiles()``, as at a small learning rate the aux loss
     moves the quantiles slowly. ``generator`` (CPU) draws the qualities.
     """
@@ -219,8 +225,10 @@ def rd_loss(model: HyperpriorCodec, x: Tensor,
     aux = model.z_prior.aux_loss()
     loss = rd + aux
     psnr = (10 * torch.log10(1 / mse.detach().clamp_min(1e-10))).mean()
-    metrics = {"loss": loss.item(), "bpp": bpp.mean().item(), "mse": mse.mean().item(),
-               "psnr": psnr.item(), "aux": aux.item()}
+    # "rd" is the objective that matters; "loss" adds the aux loss, which dominates it for long
+    # (hundreds) while the quantiles converge and moves nothing but them
+    metrics = {"loss": loss.item(), "rd": rd.item(), "bpp": bpp.mean().item(),
+               "mse": mse.mean().item(), "psnr": psnr.item(), "aux": aux.item()}
     return loss, metrics
 
 
