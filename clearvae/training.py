@@ -318,8 +318,9 @@ def _clip_gradients(fabric: Any, model: torch.nn.Module, optimizer: torch.optim.
     aux = [p for p in params if id(p) in aux_ids]
     fabric.strategy.precision.unscale_gradients(optimizer)  # what fabric.clip_gradients does
     norm = torch.nn.utils.clip_grad_norm_(main, max_norm or math.inf, error_if_nonfinite=False)
-    aux_norm = torch.nn.utils.clip_grad_norm_(aux, math.inf) if aux else torch.zeros(())
-    return float(norm), float(aux_norm)
+    # an infinite max_norm only measures (torch.nn.utils.get_total_norm needs torch 2.6)
+    aux_norm = float(torch.nn.utils.clip_grad_norm_(aux, math.inf)) if aux else 0.0
+    return float(norm), aux_norm
 
 
 def _keep_freed_memory() -> None:
