@@ -212,7 +212,8 @@ def rd_loss(model: HyperpriorCodec, x: Tensor,
     bending the RD gradients. Two cautions for the trainer: exclude ``quantiles`` from
     gradient-norm clipping (its gradient would dominate the norm; ``auxiliary_parameters``
     names it), and before building coding tables call ``model.z_prior.fit_quantiles()``,
-    as at a small learning rate the aux loss moves the quantiles slowly. ``generator`` (CPU) draws the qualities.
+    as at a small learning rate the aux loss moves the quantiles slowly. ``generator`` (CPU)
+    draws the qualities.
     """
     b, _, h, w = x.shape
     quality = torch.randint(model.config.qualities, (b,), generator=generator).to(x.device)
