@@ -1,14 +1,16 @@
 """Frozen, typed configuration dataclasses that validate themselves.
 
 Every config in clearvae derives from :class:`Config`. Construction checks the type of every
-field, ``from_dict`` rejects unknown keys with the list of valid ones, and ``to_dict`` gives
-plain JSON-able data so that a config can be stored inside a model file and read back.
+field (a float NaN is refused in any of them), ``from_dict`` rejects unknown keys with the list
+of valid ones, and ``to_dict`` gives plain JSON-able data so that a config can be stored inside
+a model file and read back. ``check_range`` words the message for a value out of range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -28,6 +30,10 @@ class Config:
             value = _coerce(getattr(self, field.name), hints[field.name], self._where(field.name))
             object.__setattr__(self, field.name, value)
         self.validate()
+        for field in dataclasses.fields(self):  # after validate: its messages say the range
+            if _has_nan(getattr(self, field.name)):
+                raise ConfigError(f"{self._where(field.name)}: NaN is not a valid value, got "
+                                  f"{getattr(self, field.name)!r}")
 
     def validate(self) -> None:
         """Check relations between fields; raise ConfigError with a helpful message."""
@@ -125,6 +131,28 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
         return value
     raise TypeError(f"unsupported config annotation {hint!r} at {where}")  # programming error
+
+
+def _has_nan(value: Any) -> bool:
+    """A float NaN in ``value`` or in a tuple of it (nested configs check their own)."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, tuple) and any(_has_nan(v) for v in value)
+
+
+def check_range(key: str, value: float | None, low: float, *, low_open: bool = False,
+                finite: bool = False, what: str = "") -> None:
+    """Raise a ConfigError naming ``key``, ``value`` and the valid range unless ``value`` is at
+    least ``low`` (``low_open``: above it; ``finite``: not infinite). ``None`` passes (an
+    optional key left off); NaN never does."""
+    if value is None:
+        return
+    ok = not math.isnan(value) and not (finite and math.isinf(value))
+    if not (ok and (value > low if low_open else value >= low)):
+        noun = ("an integer" if isinstance(value, int) else
+                "a finite number" if finite else "a number")
+        bound = f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"{key} must be {noun} {bound}{what}, got {value!r}")
 
 
 def _name(hint: Any) -> str:

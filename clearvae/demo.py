@@ -15,7 +15,7 @@ import torch
 
 from clearvae.codec.codec import Codec
 from clearvae.codec.storage import default_model_path, load_codec
-from clearvae.compress import Result, compress_file, decompress_file
+from clearvae.compress import Result, Settings, compress_file, decompress_file
 from clearvae.data import SyntheticDigits, read_image, write_image
 from clearvae.generate import load, reconstruction_grid
 from clearvae.metrics import psnr
@@ -67,18 +67,18 @@ def run_demo(out: Path, steps: int = 600, progress: bool | None = None,
 class CodecDemo:
     compressed: Result  # the generated PNG -> its .cvae file (real size and bpp)
     decoded: Path  # the .cvae file decoded to PNG
-    quality: int
+    quality: float
     psnr: float  # dB, RGB, 8-bit decoded file against the 8-bit picture
 
 
-def codec_demo(out: Path, codec: Codec, quality: int = 4,
+def codec_demo(out: Path, codec: Codec, quality: float = 4,
                size: tuple[int, int] = (512, 768)) -> CodecDemo:
     """Write a generated picture, compress it to a real file and decode that file again."""
     out.mkdir(parents=True, exist_ok=True)
     picture, compressed, decoded = (out / "demo-picture.png", out / "demo-picture.cvae",
                                     out / "demo-picture-decoded.png")
     write_image(picture, demo_picture(*size) / 255.0)
-    result = compress_file(codec, picture, compressed, quality=quality, overwrite=True)
+    result = compress_file(codec, picture, compressed, Settings(quality), overwrite=True)
     decompress_file(codec, compressed, decoded, overwrite=True)
     a, b = (torch.from_numpy(read_image(p, channels=3)).permute(2, 0, 1)[None]
             for p in (picture, decoded))

@@ -8,15 +8,22 @@ in a step is seeded from (seed, step, rank), and the batches of a step depend on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import ctypes
 import dataclasses
 import io
+import itertools
 import json
 import math
+import os
+import signal
+import socket
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,15 +32,16 @@ import torch
 from torch import Tensor
 
 from clearvae import checkpoint
-from clearvae.config import Config
-from clearvae.errors import ConfigError, TrainingError
-from clearvae.files import atomic_write
+from clearvae.config import Config, check_range
+from clearvae.errors import ConfigError, ModelFileError, TrainingError
+from clearvae.files import atomic_write, remove_stale_temporaries
 from clearvae.models import VAE, build_model, model_config_from_dict, vae_loss
 from clearvae.models.conv import ConvVAEConfig
 
 CHECKPOINT_NAME = "checkpoints/last.safetensors"
 MODEL_NAME = "model.safetensors"
 MAX_SKIPS_IN_A_ROW = 50
+MAX_CROP_PIXELS = 4096 * 4096  # data.size: a larger crop times a batch outgrows any memory
 SHOWN = ("loss", "rd", "elbo", "kl", "bpp", "psnr")  # metrics on the progress bar, when present
 
 
@@ -50,6 +58,16 @@ class DataConfig(Config):
     preload: bool = False  # image folders: decode every file once and keep it in memory
     num_workers: int = 0
 
+    def validate(self) -> None:
+        check_range("data.num_workers", self.num_workers, 0, what=" (0: load in the training "
+                    "process)")
+        if self.size is not None:
+            h, w = self.size
+            if min(h, w) < 1 or h * w > MAX_CROP_PIXELS:
+                raise ConfigError(f"data.size must be (height, width) with both >= 1 and at "
+                                  f"most {MAX_CROP_PIXELS} pixels (4096x4096) per crop, so "
+                                  f"that a batch fits in memory; got {list(self.size)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig(Config):
@@ -58,6 +76,11 @@ class ObjectiveConfig(Config):
     beta: float = 1.0
     kl_warmup_steps: int = 0  # beta ramps linearly from 0 over this many steps
     free_bits: float = 0.0  # nats per KL group below which the KL is not pushed down
+
+    def validate(self) -> None:
+        check_range("objective.beta", self.beta, 0, finite=True)
+        check_range("objective.kl_warmup_steps", self.kl_warmup_steps, 0)
+        check_range("objective.free_bits", self.free_bits, 0, finite=True)
 
     def beta_at(self, step: int) -> float:
         if self.kl_warmup_steps <= 0:
@@ -106,13 +129,22 @@ class TrainConfig(Config):
         return super().from_dict(data)
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "devices"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "devices",
+                     "eval_images"):
+            check_range(name, getattr(self, name), 1)
+        for name in ("lr_warmup_steps", "eval_every", "seed"):
+            check_range(name, getattr(self, name), 0)
+        check_range("lr", self.lr, 0, low_open=True, finite=True)
+        check_range("weight_decay", self.weight_decay, 0, finite=True)
+        check_range("grad_clip", self.grad_clip, 0, low_open=True, what=" (null: no clipping)")
+        check_range("skip_threshold", self.skip_threshold, 0, low_open=True,
+                    what=" (null: skip only non-finite updates)")
+        check_range("max_minutes", self.max_minutes, 0, low_open=True, what=" (null: no limit)")
         if self.batch_size % self.devices:
             raise ConfigError(f"batch_size {self.batch_size} must divide by devices {self.devices}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no averaging), got "
+                              f"{self.ema_decay}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                               f"'{self.precision}'")
@@ -179,6 +211,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     elif ckpt_path.exists():
         raise TrainingError(f"'{out}' already holds a training run: pass --resume to continue "
                             "it, or choose another --out")
+    if fabric.global_rank == 0:
+        _remove_stale_temporaries(out)
+        if (warning := _ema_warning(config)) is not None:
+            warnings.warn(warning, UserWarning, stacklevel=2)
     if config.compile:  # in place: parameter names, and so checkpoints, stay as they are
         model.compile(dynamic=False)
     model, optimizer = fabric.setup(model, optimizer)
@@ -196,48 +232,61 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     info = {"data": source, "data_images": len(dataset), "world_size": fabric.world_size}
 
-    logger = MetricsLog(out, start, enabled=fabric.global_rank == 0)
+    saved = start if resume else None  # the step of the checkpoint on disk (None: none yet)
+    with _writing("the training log in", out, ckpt_path, saved):
+        logger = MetricsLog(out, start, enabled=fabric.global_rank == 0)
     bar = _progress(fabric, start, config.max_steps, progress)
-    skipped_in_a_row, t0, last = 0, time.perf_counter(), config.max_steps
-    for step, x in zip(range(start, config.max_steps), loader):
-        torch.manual_seed(hash((config.seed, step, fabric.global_rank)) & 0x7FFFFFFF)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(config, step)
-        metrics = train_step(fabric, model, optimizer, x, config, step)
-        if metrics["skipped"]:
-            skipped_in_a_row += 1
-            fabric.print(f"step {step}: skipped the update (gradient norm "
-                         f"{metrics['grad_norm']:.3g}, loss {metrics['loss']:.4g})")
-            if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                raise TrainingError(_diverged_message(config, step))
-        else:
-            skipped_in_a_row = 0
-            _update_ema(ema, model, config.ema_decay)
-        bar.update(1)
-        if config.max_minutes and (step + 1) % config.log_every == 0:
-            over = time.perf_counter() - t0 > 60 * config.max_minutes
-            if fabric.broadcast(over):  # rank 0's clock decides for everyone
-                last = step + 1
-        if (step + 1) % config.log_every == 0 or step + 1 == last:
-            metrics["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
-            logger.log(step + 1, metrics)
-            shown = {k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics}
-            bar.set_postfix(shown)
-            if bar.disable:  # no live bar (not a terminal): a line per log interval instead
-                eta = (config.max_steps - step - 1) / metrics["steps_per_s"]
-                fabric.print(f"step {step + 1}/{config.max_steps}  "
-                             + "  ".join(f"{k} {v}" for k, v in shown.items())
-                             + f"  {metrics['steps_per_s']:.2f} steps/s  eta {eta:.0f}s")
-        if config.eval_every and (step + 1) % config.eval_every == 0 and d.val and is_vae:
-            logger.log(step + 1, _val_metrics(ema, config, fabric))
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == last:
-            info["replica_fingerprints"] = _check_replicas(fabric, model)
+    skipped_in_a_row, t0, last, done = 0, time.perf_counter(), config.max_steps, start
+    with _CtrlC() as ctrl_c:
+        try:
+            for step, x in zip(range(start, config.max_steps), loader):
+                torch.manual_seed(hash((config.seed, step, fabric.global_rank)) & 0x7FFFFFFF)
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr(config, step)
+                metrics = train_step(fabric, model, optimizer, x, config, step)
+                if metrics["skipped"]:
+                    skipped_in_a_row += 1
+                    fabric.print(f"step {step}: skipped the update (gradient norm "
+                                 f"{metrics['grad_norm']:.3g}, loss {metrics['loss']:.4g})")
+                    if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                        raise TrainingError(_diverged_message(config, step))
+                else:
+                    skipped_in_a_row = 0
+                    _update_ema(ema, model, config.ema_decay)
+                done = step + 1
+                bar.update(1)
+                if config.max_minutes and done % config.log_every == 0:
+                    over = time.perf_counter() - t0 > 60 * config.max_minutes
+                    if fabric.broadcast(over):  # rank 0's clock decides for everyone
+                        last = done
+                if done % config.log_every == 0 or done == last:
+                    metrics["steps_per_s"] = (done - start) / (time.perf_counter() - t0)
+                    with _writing("the metrics", logger.path, ckpt_path, saved):
+                        logger.log(done, metrics)
+                    _show(fabric, bar, metrics, done, config.max_steps)
+                if config.eval_every and done % config.eval_every == 0 and d.val and is_vae:
+                    with _writing("the metrics", logger.path, ckpt_path, saved):
+                        logger.log(done, _val_metrics(ema, config, fabric))
+                if done % config.checkpoint_every == 0 or done == last:
+                    info["replica_fingerprints"] = _check_replicas(fabric, model)
+                    if fabric.global_rank == 0:
+                        with _writing("the checkpoint", ckpt_path, ckpt_path, saved):
+                            save_checkpoint(ckpt_path, config, model, ema, optimizer, done, info)
+                    saved = done
+                if done == last:
+                    break
+                if ctrl_c.pressed(fabric):  # the first Ctrl-C: stop after a whole step
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            bar.close()
+            logger.close(quiet=True)
             if fabric.global_rank == 0:
-                save_checkpoint(ckpt_path, config, model, ema, optimizer, step + 1, info)
-        if step + 1 == last:
-            break
+                _checkpoint_on_interrupt(ckpt_path, config, model, ema, optimizer, done, saved,
+                                         info, forced=ctrl_c.forced)
+            raise
     bar.close()
-    logger.close()
+    with _writing("the metrics", logger.path, ckpt_path, saved):
+        logger.close()
 
     info["steps"] = last
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
@@ -245,10 +294,22 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
         info["val"] = _val_metrics(ema, config, fabric)
     model_path = out / MODEL_NAME
     if fabric.global_rank == 0:
-        checkpoint.save_file(model_path, "model", ema.state_dict(), config.model.to_dict(), info)
+        with _writing("the model", model_path, ckpt_path, saved):
+            checkpoint.save_file(model_path, "model", ema.state_dict(), config.model.to_dict(),
+                                 info)
         fabric.print(f"model written to {model_path}")
     fabric.barrier()
     return model_path
+
+
+def _show(fabric: Any, bar: Any, metrics: dict[str, float], step: int, total: int) -> None:
+    """Metrics on the progress bar, or a line per log interval where there is no live bar."""
+    shown = {k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics}
+    bar.set_postfix(shown)
+    if bar.disable:
+        eta = (total - step) / metrics["steps_per_s"]
+        fabric.print(f"step {step}/{total}  " + "  ".join(f"{k} {v}" for k, v in shown.items())
+                     + f"  {metrics['steps_per_s']:.2f} steps/s  eta {eta:.0f}s")
 
 
 def vae_objective(model: VAE, x: Tensor, objective: ObjectiveConfig,
@@ -372,6 +433,103 @@ def save_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, ema
                          extra={"train_config": json.dumps(config.to_dict()), "optimizer": groups})
 
 
+def _kept(ckpt_path: Path, saved: int | None) -> str:
+    """What a stopped run leaves to continue from."""
+    if saved is None or saved == 0:
+        return "No checkpoint was written yet, so no training steps are kept."
+    return (f"The last good checkpoint (step {saved}) is kept in '{ckpt_path}': run the same "
+            "command with --resume to continue from it.")
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: Path, ckpt_path: Path, saved: int | None) -> Iterator[None]:
+    """Turn an OSError while writing ``what`` (a full disk, a read-only folder, a missing
+    permission) into a TrainingError that says what was kept."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TrainingError(f"cannot write {what} '{path}': {reason}. {_kept(ckpt_path, saved)} "
+                            "Free some space or fix the folder's permissions first.") from None
+
+
+class _CtrlC:
+    """While training, the first Ctrl-C asks to stop after the current step, which is then
+    checkpointed (a step cut in the middle could leave the optimizer half-updated); a second
+    Ctrl-C stops at once. Only in the main thread, and only where Python's own handler is in
+    place (else a KeyboardInterrupt arrives as usual and the last whole step is kept)."""
+
+    def __init__(self) -> None:
+        self.requested = self.forced = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again to stop at "
+              "once, without one)", file=sys.stderr, flush=True)
+
+    def pressed(self, fabric: Any) -> bool:
+        """Whether to stop now; with several processes, rank 0's Ctrl-C decides for all."""
+        return bool(fabric.broadcast(self.requested)) if fabric.world_size > 1 else self.requested
+
+
+def _checkpoint_on_interrupt(ckpt_path: Path, config: TrainConfig, model: torch.nn.Module,
+                             ema: torch.nn.Module, optimizer: torch.optim.Optimizer, done: int,
+                             saved: int | None, info: dict[str, Any], forced: bool) -> None:
+    """Keep the ``done`` whole steps of an interrupted run in a checkpoint, and say how to
+    continue."""
+    if forced:
+        message = f"stopped at once. {_kept(ckpt_path, saved)}"
+    elif done == (saved or 0):
+        message = f"interrupted at step {done}. {_kept(ckpt_path, saved)}"
+    else:
+        try:
+            save_checkpoint(ckpt_path, config, model, ema, optimizer, done, info)
+            message = f"interrupted at step {done}. {_kept(ckpt_path, done)}"
+        except OSError as exc:
+            message = (f"interrupted at step {done}, and the checkpoint could not be written "
+                       f"({exc.strerror or exc}). {_kept(ckpt_path, saved)}")
+    print(message, file=sys.stderr, flush=True)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files that an earlier run killed mid-write left in ``out`` (only the exact
+    names ``atomic_write`` gives them for the files training writes)."""
+    for path in (out / CHECKPOINT_NAME, out / MODEL_NAME, out / MetricsLog.NAME):
+        for stale in remove_stale_temporaries(path.parent, path.name):
+            print(f"removed '{stale}', left by an interrupted write", file=sys.stderr)
+
+
+def _ema_warning(config: TrainConfig) -> str | None:
+    """A warning when the run is too short for ``ema_decay``: the averaged weights, which
+    become the model file, would still hold much of the random initialisation."""
+    d, n = config.ema_decay, config.max_steps
+    if d == 0 or n >= 3 / (1 - d):
+        return None
+    share = d**n  # weight of the initial weights in the average after n steps
+    most = math.floor((1 - 3 / n) * 1e4) / 1e4  # averages over at most a third of the run
+    advice = (f"Set ema_decay to at most {most:g} (e.g. --set ema_decay={most:g}), or 0 to "
+              "keep the last weights." if most > 0 else
+              "Set ema_decay to 0 (--set ema_decay=0) to keep the last weights.")
+    return (f"ema_decay {d:g} averages the weights over ~{1 / (1 - d):.0f} steps, but the run "
+            f"is only max_steps {n} long: {share:.0%} of the saved model (the averaged "
+            f"weights) would still be its random initial weights"
+            + (", so it would sample noise. " if share > 0.5 else ". ") + advice)
+
+
 def _fit_to_data(config: TrainConfig, dataset: Any = None) -> TrainConfig:
     """``config`` with the model parameters that come from the training data filled in: the
     noise level of a denoiser trained on noisy images, estimated from (up to 200 of) them.
@@ -401,16 +559,24 @@ def _restore(path: Path, config: TrainConfig, model: torch.nn.Module, ema: torch
     """Load a checkpoint into the fresh objects; returns the step to continue from."""
     if not path.exists():
         raise TrainingError(f"nothing to resume: '{path}' does not exist (train without --resume)")
-    loaded = checkpoint.load_file(path, expect="checkpoint")
-    saved = TrainConfig.from_dict(json.loads(loaded.metadata["train_config"]))
+    loaded = checkpoint.load_file(path, expect="checkpoint")  # checked against its config
+    try:
+        saved = TrainConfig.from_dict(json.loads(loaded.metadata["train_config"]))
+    except ConfigError as exc:
+        raise ModelFileError(f"'{path}' holds a training config this clearvae cannot use: "
+                             f"{exc}") from None
     if saved.model != config.model:
         raise TrainingError(f"'{path}' was trained with a different model config; resume with "
                             "the same model settings or start a new run in another --out")
     model.load_state_dict(loaded.section("model"))
     ema.load_state_dict(loaded.section("ema"))
-    groups = loaded.metadata["optimizer"]
-    checkpoint.load_optimizer_state(optimizer, loaded.section("optim"), groups)
-    return int(loaded.info["step"])
+    try:
+        checkpoint.load_optimizer_state(optimizer, loaded.section("optim"),
+                                        loaded.metadata["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # groups of another model
+        raise ModelFileError(f"'{path}': its optimizer state does not fit the model ({exc}): "
+                             "the file is damaged") from None
+    return loaded.info["step"]
 
 
 def _init_weights(path: Path, config: TrainConfig, model: torch.nn.Module,
@@ -460,29 +626,31 @@ def _diverged_message(config: TrainConfig, step: int) -> str:
 
 
 class MetricsLog:
-    """Appends metrics to ``metrics.csv`` and TensorBoard (``tensorboard/``) on rank 0."""
+    """Appends metrics to ``metrics.csv`` and TensorBoard (``tensorboard/``) on rank 0. Both
+    are written in this thread (not TensorBoard's background one), so that a failed write is
+    an OSError here, which ``train`` reports with what was kept."""
+
+    NAME = "metrics.csv"
+    FIELDS = ("step", "name", "value")
 
     def __init__(self, out: Path, start_step: int, enabled: bool = True) -> None:
-        self.enabled, self.path = enabled, out / "metrics.csv"
-        self.tb = None
+        self.enabled, self.path = enabled, out / self.NAME
+        self.tb: _EventFile | None = None
         if enabled:
             out.mkdir(parents=True, exist_ok=True)
             self._forget_after(start_step)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
-            except ImportError:  # tensorboard is optional: CSV is always written
-                self.tb = None
+            self.tb = _EventFile.open(out / "tensorboard", purge_step=start_step or None)
 
     def _forget_after(self, step: int) -> None:
-        """A resumed run drops the rows its interrupted predecessor logged past ``step``."""
+        """A resumed run drops the rows its interrupted predecessor logged past ``step`` (and
+        a row cut short by a full disk or a kill)."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            rows = [r for r in csv.DictReader(f)
+                    if _whole_row(r) and int(r["step"]) <= step]
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["step", "name", "value"])
+        writer = csv.DictWriter(text, fieldnames=self.FIELDS)
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.path, text.getvalue().encode())
@@ -493,17 +661,69 @@ class MetricsLog:
         rows = [{"step": step, "name": k, "value": v} for k, v in metrics.items()]
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "name", "value"])
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             if new:
                 writer.writeheader()
             writer.writerows(rows)
         if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
+            self.tb.scalars(step, metrics)
+
+    def close(self, quiet: bool = False) -> None:
+        """Close the TensorBoard file (``quiet``: ignoring a failure, when already stopping)."""
+        if self.tb is not None:
+            tb, self.tb = self.tb, None
+            with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
+                tb.close()
+
+
+def _whole_row(row: dict[str, Any]) -> bool:
+    step, name, value = (row.get(k) for k in MetricsLog.FIELDS)
+    return isinstance(step, str) and step.isdecimal() and bool(name) and value is not None
+
+
+class _EventFile:
+    """A TensorBoard event file written synchronously (what SummaryWriter writes, without
+    its writer thread, whose errors would surface as a traceback of their own)."""
+
+    _count = itertools.count()
+
+    def __init__(self, file: Any, pb: Any) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._file, self._pb, self._records = file, pb, RecordWriter(file)
+
+    @classmethod
+    def open(cls, folder: Path, purge_step: int | None) -> _EventFile | None:
+        """A new event file in ``folder``; None without tensorboard (the CSV is enough).
+        ``purge_step``: TensorBoard drops what earlier files logged from this step on."""
+        try:
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+        except ImportError:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(cls._count)}")
+        events = cls(open(folder / name, "ab"), (event_pb2, summary_pb2))
+        events._write(file_version="brain.Event:2")
+        if purge_step is not None:  # as SummaryWriter(purge_step=...) marks a restart
+            events._write(step=purge_step, session_log=event_pb2.SessionLog(
+                status=event_pb2.SessionLog.START))
+        events._file.flush()
+        return events
+
+    def _write(self, **fields: Any) -> None:
+        event = self._pb[0].Event(wall_time=time.time(), **fields)
+        self._records.write(event.SerializeToString())
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        summary = self._pb[1].Summary
+        for tag, value in values.items():
+            self._write(step=step, summary=summary(value=[summary.Value(
+                tag=tag, simple_value=float(value))]))
+        self._file.flush()
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        self._file.close()
 
 
 def _progress(fabric: Any, start: int, total: int, enabled: bool | None) -> Any:

@@ -9,6 +9,7 @@ import torch
 
 from clearvae.codec import coder, container
 from clearvae.codec.codec import Codec, build_tables
+from clearvae.codec.container import QUALITY_STEPS
 from clearvae.codec.model import HyperpriorCodec, HyperpriorCodecConfig, estimated_bits
 from clearvae.codec.storage import load_codec, save_codec
 from clearvae.errors import ConfigError, DataError, ModelFileError
@@ -69,14 +70,16 @@ def _symbols(codec, data):
     """The decoded y symbols of a one-block file (what must be identical everywhere) and
     their table indices, each (1, M, h, w)."""
     header, streams = container.unpack(data)
-    q = header.quality - 1
+    q = header.quality_steps - QUALITY_STEPS  # the row of the coding tables
     m = codec.model
     hp, wp = (-(-v // 64) * 64 for v in (header.height, header.width))
     n = m.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, hp // 64, wp // 64))
-    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z,
+                       container.check_bytes(header, 0))
     means, index_y = codec._hyper(s_z, q)
-    decoder = coder.Decoder(streams[0].y, streams[0].y_escapes, codec.tables.y)
+    decoder = coder.Decoder(streams[0].y, streams[0].y_escapes, codec.tables.y,
+                            container.check_bytes(header, 0))
     _, parts = codec._slices(means, index_y, q, decoder=decoder)
     return tuple(np.concatenate(p, axis=1) for p in zip(*parts))
 
@@ -89,8 +92,9 @@ def test_context_picks_tables_from_earlier_slices(codec):
     header, streams = container.unpack(data)
     n = codec.model.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 1, 1))
-    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
-    _, base = codec._hyper(s_z, 3)
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z,
+                       container.check_bytes(header, 0))
+    _, base = codec._hyper(s_z, 3 * QUALITY_STEPS)
     changed = (index != base).mean()
     if codec.model.context is None:
         assert changed == 0
@@ -105,17 +109,19 @@ def test_integer_table_choice_follows_the_float_networks(codec):
     the network's index and adds the gain's offset, itself rounded: ``index_offset``.)"""
     data = codec.compress(_image(128, 128, seed=8), quality=5)
     symbols, index = _symbols(codec, data)
-    _, streams = container.unpack(data)
+    header, streams = container.unpack(data)
     m, t = codec.model, codec.tables
     n = m.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
-    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, t.z)
-    z_in = (s_z + t.median[None, :, None, None]) * t.inverse_gain_z[4][None, :, None, None]
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, t.z,
+                       container.check_bytes(header, 0))
+    z_in = ((s_z + t.median[None, :, None, None])
+            * t.inverse_gain_z[4 * QUALITY_STEPS][None, :, None, None])
     with torch.no_grad():
-        offset = torch.from_numpy(t.index_offset[4])[:, None, None]
+        offset = torch.from_numpy(t.index_offset[4 * QUALITY_STEPS])[:, None, None]
         expected = (m.h_s.scale(torch.from_numpy(z_in).float()).round() + offset).clamp(0, 63)
         if m.context is not None:  # slices 1..: the float residual on the integer base
-            _, base_int = codec._hyper(s_z, 4)
+            _, base_int = codec._hyper(s_z, 4 * QUALITY_STEPS)
             size, base_int = m.context.size, torch.from_numpy(base_int).float()
             for k in range(1, m.context.slices):
                 c = slice(k * size, (k + 1) * size)
@@ -146,7 +152,7 @@ def test_coder_parts_decode_in_order_with_escapes():
     assert np.array_equal(got0, first) and np.array_equal(got1, second)
     partial = coder.Decoder(stream, escapes, tables)
     partial.decode(index0)
-    with pytest.raises(DataError, match="trailing"):
+    with pytest.raises(DataError, match="does not end where"):
         partial.finish()
 
 
@@ -195,23 +201,31 @@ def test_real_bytes_match_the_information_content(codec):
     s_y, index_y = _symbols(codec, data)
     n = codec.model.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
-    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z)
+    s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z,
+                       container.check_bytes(header, 0))
     ideal = _ideal_bits(s_y, index_y, codec.tables.y) + _ideal_bits(s_z, index_z, codec.tables.z)
     coded = 8 * (len(streams[0].y) + len(streams[0].z))
     assert ideal <= coded <= ideal * 1.01 + 128
 
 
 def test_real_rate_matches_the_model_estimate_on_what_it_was_fit_to(codec):
-    """On its training image the model's differentiable rate estimate is what the file costs
-    (within 10%: table quantisation, integer scale indices, header)."""
+    """On its training image the model's differentiable rate estimate is what the coded
+    streams cost: within 10% (table quantisation, integer scale indices), plus up to three
+    32-bit words per stream (rANS writes whole words and flushes its 64-bit state; the
+    streams end in check symbols). The container's header, block table and checksum are left
+    out: ~50 fixed bytes the estimate does not model, which used to eat all but a word of
+    the tolerance, so the test passed or failed on how the fit rounded on each machine."""
     x = _smooth_image(64, 64, seed=1)[None]
     img = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     for q in (2, 7):
         with torch.no_grad():
             est = estimated_bits(codec.model(x, torch.tensor([q - 1]))).item()
-        real = 8 * len(codec.compress(img, quality=q))
-        assert real == pytest.approx(est, rel=0.1, abs=8 * 60)
+        _, streams = container.unpack(codec.compress(img, quality=q))
+        parts = [p for s in streams for p in s.parts()]
+        real = 8 * sum(map(len, parts))
+        overhead = 96 * sum(1 for p in parts if p)
+        assert 0.9 * est <= real <= 1.1 * est + overhead, (q, real, est)
 
 
 def test_tiled_coding_matches_untiled(codec):

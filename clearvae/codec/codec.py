@@ -4,7 +4,8 @@ Three layers meet here: networks (``model``), entropy models turned into integer
 (``build_tables``), and the coder and container (``coder``, ``container``). Data flow of one
 image at quality q (1-based in the API, index q-1 in the model)::
 
-    x --pad 64--> g_a (tiled) --> y' = y * gain_y        z' = h_a(y') * gain_z
+    x --pad 64--> g_a (tiled) --> y' = y * gain_y        z' = h_a(y') (tiled) * gain_z
+    [effort > 0: y' and z' refined for this image, ``refine``]
     z symbols  s_z = round(z' - median)                 coded with the table of their channel
     ẑ_in = (s_z + median) * inverse_gain_z              (float64, single IEEE operations)
     table index of each y element = IntegerScaleHead(ẑ_in)   (exact on any machine)
@@ -16,9 +17,13 @@ and table index refined from the slices before it (``_slices``; the index by an 
 network of earlier symbols, so still exact).
 
 Only μ and the transforms are float; they shift and shape the picture but never choose a
-probability, so a file decodes to the same symbols everywhere. Large images are coded in
-blocks of ``tile`` pixels (each with its own z), while g_a and g_s run over overlapping tiles
-of the whole latent grid, so blocks leave no seams.
+probability, so a file decodes to the same symbols everywhere. Qualities come in steps of 1/16
+(``QUALITY_STEPS``): the gains between two trained qualities are interpolated, and the coding
+tables hold the exact integer and float64 values of every step. Large images are coded in
+blocks of ``tile`` pixels, one after another, but z is one grid over the whole image and μ and
+the table indices of a block are computed from the z around it too (``_hyper``), and g_a, h_a
+and g_s run over overlapping tiles of the whole grid: a block edge changes nothing that the
+picture depends on except the context model's view, so blocks leave no seams.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +40,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clearvae.codec import coder, container
+from clearvae.codec.container import QUALITY_STEPS
 from clearvae.codec.context import calibration_inputs, scale_context_input
 from clearvae.codec.entropy_models import LOG_STEP, SCALE_LEVELS, SCALES
 from clearvae.codec.integer import IntegerNetwork, quantize_network
-from clearvae.codec.model import MULTIPLE, HyperpriorCodec
+from clearvae.codec.model import MULTIPLE, HyperpriorCodec, _gain, interpolated
 from clearvae.errors import ConfigError, DataError
 
 Y_TAIL_SIGMAS = 6.0  # y tables cover +-6 sigma (tail mass 2e-9); beyond: escape codes
 COMPUTE_TILE = 512  # g_a / g_s run on tiles of this many pixels (plus a margin)
 MARGIN = 64  # pixels of context around each tile (covers g_a's 61-pixel receptive field)
+Z_MARGIN = 2  # z pixels around a block that its means and table indices see (h_s: < 2)
 
 
 @dataclass
@@ -52,8 +60,8 @@ class CodingTables:
     z: coder.Tables  # one table per z channel
     y: coder.Tables  # one table per scale index
     median: np.ndarray  # (N,) float64
-    inverse_gain_z: np.ndarray  # (Q, N) float64
-    index_offset: np.ndarray  # (Q, M) int64: log(gain_y) in scale-table steps, rounded
+    inverse_gain_z: np.ndarray  # (R, N) float64, R = (Q - 1) * QUALITY_STEPS + 1 quality steps
+    index_offset: np.ndarray  # (R, M) int64: log(gain_y) in scale-table steps, rounded
     scale_head: IntegerNetwork
     context: list[IntegerNetwork]  # the scale residual of slices 1..S-1 (none without context)
 
@@ -115,24 +123,31 @@ def build_tables(model: HyperpriorCodec, seed: int = 0) -> CodingTables:
         y_offsets.append(-r)
     y_tables = coder.Tables.from_pmfs(y_pmfs, np.array(y_offsets))
 
-    inverse_gain_z = model.z_inverse_gain.double().exp().numpy()  # (Q, N)
+    steps = quality_grid(model.config.qualities)  # (R,) model quality indices
+    inverse_gain_z = interpolated(model.z_inverse_gain.double(), steps).exp().numpy()  # (R, N)
     median64 = median.numpy()
-    # Calibrate the integer scale head on ẑ drawn from the prior at every quality.
+    # Calibrate the integer scale head on ẑ drawn from the prior at every trained quality.
     gen = np.random.default_rng(seed)
     draws = []
-    for q in range(len(inverse_gain_z)):
+    for q in range(0, len(inverse_gain_z), QUALITY_STEPS):
         s = np.stack([gen.choice(len(p), size=64, p=p / p.sum()) + o
                       for p, o in zip(pmfs, offsets)])  # (N, 64)
         draws.append(((s + median64[:, None]) * inverse_gain_z[q][:, None]).reshape(-1, 8, 8))
     calibration = torch.from_numpy(np.stack(draws))  # (Q, N, 8, 8)
     scale_head = quantize_network(model.h_s.scale, calibration, SCALE_LEVELS)
-    index_offset = torch.round(model.y_gain.double() / LOG_STEP).long().numpy()  # see gained()
+    index_offset = torch.round(interpolated(model.y_gain.double(), steps) / LOG_STEP)
+    index_offset = index_offset.long().numpy()  # (R, M); see gained()
     ctx = model.context
     context = [] if ctx is None else [
         quantize_network(net, calibration_inputs(k, ctx.size, seed), SCALE_LEVELS)
         for k, net in enumerate(ctx.scales, start=1)]
     return CodingTables(z_tables, y_tables, median64, inverse_gain_z, index_offset, scale_head,
                         context)
+
+
+def quality_grid(qualities: int) -> Tensor:
+    """(R,) float64 model quality indices 0, 1/16, ..., Q - 1 of the coding tables' rows."""
+    return torch.arange((qualities - 1) * QUALITY_STEPS + 1, dtype=torch.float64) / QUALITY_STEPS
 
 
 def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
@@ -144,12 +159,47 @@ def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
     return h.digest()[:8]
 
 
+@dataclass
+class Prepared:
+    """One image made ready for coding at any quality: what the encoder computes only once."""
+
+    x: Tensor  # (1, C, H, W) float32 in [0, 1]
+    y: Tensor  # (1, M, H'/16, W'/16): g_a of the padded image, before any gain
+    channels: int  # channels the caller gave (1 or 3)
+    tile: int  # block size in pixels
+
+    @property
+    def pixels(self) -> int:
+        return self.x.shape[-2] * self.x.shape[-1]
+
+
+@dataclass
+class Encoded:
+    """A ``.cvae`` file and what the encoder knows about it."""
+
+    data: bytes
+    quality: float
+    effort: int
+    x_hat: Tensor | None = None  # (1, C, H, W) the decoded image, when asked for
+
+    def psnr(self, x: Tensor) -> float:
+        """PSNR (dB) of the 8-bit decoded image against the 8-bit original."""
+        a, b = (torch.round(t.clamp(0, 1) * 255) for t in (self.x_hat, x))
+        mse = (a - b).square().mean().item()
+        return 10 * math.log10(255**2 / max(mse, 1e-10))
+
+
+Progress = Callable[[int, int, float, float], None]  # (iteration, of, est. bpp, est. PSNR)
+
+
 class Codec:
     """``compress`` / ``decompress`` images with one trained model at qualities 1..Q."""
 
     def __init__(self, model: HyperpriorCodec, tables: CodingTables | None = None,
                  name: str = "codec") -> None:
         self.model = model.eval()
+        if tables is not None and len(tables.index_offset) != len(quality_grid(self.qualities)):
+            tables = None  # made before fractional qualities: rebuilt (a new model id)
         self.tables = tables if tables is not None else build_tables(model)
         self.name = name
         self.id = model_id(self.model, self.tables)
@@ -164,50 +214,117 @@ class Codec:
             raise ConfigError("the model's weights changed after its coding tables were built: "
                               "make a new Codec (tables are rebuilt automatically)")
 
+    def quality_steps(self, quality: float) -> int:
+        """``quality`` (1..Q, any float) in the header's steps of 1/16, checked."""
+        if not (isinstance(quality, (int, float)) and math.isfinite(quality)
+                and 1 <= quality <= self.qualities):
+            raise ConfigError(f"quality must be a number from 1 to {self.qualities} (fractions "
+                              f"allowed, in steps of 1/{QUALITY_STEPS}), got {quality!r}")
+        return round(quality * QUALITY_STEPS)
+
     @torch.no_grad()
-    def compress(self, image: np.ndarray | Tensor, quality: int = 4, tile: int = 0) -> bytes:
+    def compress(self, image: np.ndarray | Tensor, quality: float = 4, tile: int = 0,
+                 effort: int = 0, *, target_bpp: float | None = None,
+                 max_bytes: int | None = None, target_psnr: float | None = None,
+                 progress: Progress | None = None) -> bytes:
         """Image (H, W) or (H, W, C) uint8 or float in [0, 1] -> ``.cvae`` bytes.
 
-        ``tile`` (pixels, a multiple of 64; 0 = automatic) splits large images into blocks
-        coded one after another, so memory stays bounded.
+        ``quality`` 1..Q, fractions allowed (steps of 1/16). ``effort`` 0..3 spends encode time
+        on this image (``refine``) for a smaller file at the same quality; the decoder is the
+        same. ``target_bpp``, ``max_bytes`` or ``target_psnr`` (at most one) choose the quality
+        by search instead (``rate``); the header says which one was used
+        (``container.read_header``). ``tile`` (pixels, a multiple of 64; 0 = automatic) splits
+        large images into blocks coded one after another, so memory stays bounded.
+        ``progress`` is called during refinement with (iteration, iterations, bpp, PSNR).
         """
+        from clearvae.codec import rate  # rate control builds on this class
+
+        prep = self.prepare(image, tile)
+        if not isinstance(effort, int) or not 0 <= effort <= container.MAX_EFFORT:
+            raise ConfigError(f"effort must be an integer from 0 to {container.MAX_EFFORT}, "
+                              f"got {effort!r}")
+        targets = {"target_bpp": target_bpp, "max_bytes": max_bytes, "target_psnr": target_psnr}
+        given = {k: v for k, v in targets.items() if v is not None}
+        if given:
+            return rate.search(self, prep, effort, progress=progress, **given).data
+        return self.encode(prep, self.quality_steps(quality), effort, progress=progress).data
+
+    @torch.no_grad()
+    def prepare(self, image: np.ndarray | Tensor, tile: int = 0) -> Prepared:
+        """Check an image and run the analysis transform once (quality-independent)."""
         x, channels = _as_tensor(image, self.model.config.image_channels)
-        if not 1 <= quality <= self.qualities:
-            raise ConfigError(f"quality must be 1..{self.qualities}, got {quality}")
         self._check_fresh()
         h, w = x.shape[-2:]
         tile = _tile_size(h, w, tile)
-        q = quality - 1
-        m = self.model
-        y = _tiled(lambda t: m.g_a(t), _pad(x), 1 / 16)
-        y = y * m.y_gain[q].exp()[None, :, None, None]
-        streams = []
-        for block in _blocks(y, tile // 16):
-            z = m.h_a(block) * m.z_gain[q].exp()[None, :, None, None]
-            s_z = torch.round(z - torch.from_numpy(self.tables.median).float()[None, :, None, None])
-            s_z = s_z.double().numpy().astype(np.int64)
-            index_z = np.broadcast_to(np.arange(s_z.shape[1])[None, :, None, None], s_z.shape)
-            z_stream, z_esc = coder.encode(s_z, index_z, self.tables.z)
-            means, index_y = self._hyper(s_z, q)
-            _, parts = self._slices(means, index_y, q, y=block)
-            y_stream, y_esc = coder.encode_parts(parts, self.tables.y)
+        y = _tiled(self.model.g_a, _pad(x), 1 / 16)
+        return Prepared(x, y, channels, tile)
+
+    @torch.no_grad()
+    def encode(self, prep: Prepared, steps: int, effort: int = 0, reconstruct: bool = False,
+               progress: Progress | None = None) -> Encoded:
+        """Code a prepared image at quality ``steps`` / 16 with the given effort."""
+        from clearvae.codec.refine import refine
+
+        m, t = self.model, self.tables
+        row = steps - QUALITY_STEPS
+        quality = torch.tensor([row / QUALITY_STEPS])
+        y = prep.y * _gain(m.y_gain, quality)  # (1, M, h, w) y'
+        z = _tiled(m.h_a, y, 1 / 4) * _gain(m.z_gain, quality)  # (1, N, h/4, w/4) z'
+        if effort:
+            with torch.enable_grad():
+                y, z = refine(m, _pad(prep.x), y, z, quality, effort, progress)
+        s_z = torch.round(z - torch.from_numpy(t.median).float()[None, :, None, None])
+        s_z = s_z.double().numpy().astype(np.int64)
+        h, w = prep.x.shape[-2:]
+        header = container.Header(prep.channels, steps, self.id, h, w,
+                                  0 if prep.tile >= max(h, w) else prep.tile, effort)
+        rects = _block_rects(*y.shape[-2:], prep.tile // 16)
+        streams, y_hat = [], torch.empty_like(y) if reconstruct else None
+        for b, (i0, i1, j0, j1) in enumerate(rects):
+            check = container.check_bytes(header, b)
+            sz = s_z[..., i0 // 4 : i1 // 4, j0 // 4 : j1 // 4]
+            index_z = np.broadcast_to(np.arange(sz.shape[1])[None, :, None, None], sz.shape)
+            z_stream, z_esc = coder.encode(sz, index_z, t.z, check)
+            means, index_y = self._hyper(s_z, row, (i0, i1, j0, j1))
+            block, parts = self._slices(means, index_y, row, y=y[..., i0:i1, j0:j1])
+            y_stream, y_esc = coder.encode_parts(parts, t.y, check)
             streams.append(container.TileStreams(z_stream, z_esc, y_stream, y_esc))
-        header = container.Header(channels, quality, self.id, h, w, 0 if tile >= max(h, w)
-                                  else tile)
-        return container.pack(header, streams)
+            if y_hat is not None:
+                y_hat[..., i0:i1, j0:j1] = block
+        data = container.pack(header, streams)
+        x_hat = None if y_hat is None else self._synthesis(y_hat, row, h, w)
+        return Encoded(data, steps / QUALITY_STEPS, effort, x_hat)
 
-    def _hyper(self, s_z: np.ndarray, q: int) -> tuple[Tensor, np.ndarray]:
-        """Means (float) and table indices (exact integers) of y from z symbols."""
+    def _hyper(self, s_z: np.ndarray, row: int, rect: tuple[int, int, int, int] | None = None,
+               ) -> tuple[Tensor, np.ndarray]:
+        """Means (float) and table indices (exact integers) of the y block ``rect`` (latent
+        rows i0:i1, columns j0:j1; default all) from the z symbols of the image around it, at
+        the quality of table row ``row``."""
+        rect = rect or (0, 4 * s_z.shape[-2], 0, 4 * s_z.shape[-1])
+        i0, i1, j0, j1 = (v // 4 for v in rect)  # the block in z
+        a0, a1 = max(i0 - Z_MARGIN, 0), min(i1 + Z_MARGIN, s_z.shape[-2])
+        b0, b1 = max(j0 - Z_MARGIN, 0), min(j1 + Z_MARGIN, s_z.shape[-1])
         t = self.tables
-        z_in = (s_z + t.median[None, :, None, None]) * t.inverse_gain_z[q][None, :, None, None]
+        z_in = ((s_z[..., a0:a1, b0:b1] + t.median[None, :, None, None])
+                * t.inverse_gain_z[row][None, :, None, None])
         z_in = torch.from_numpy(z_in)  # float64, identical on every machine
-        offset = torch.from_numpy(t.index_offset[q])[None, :, None, None]
-        index = t.scale_head(z_in, offset).numpy()
+        offset = torch.from_numpy(t.index_offset[row])[None, :, None, None]
+        crop = (..., slice(4 * (i0 - a0), 4 * (i1 - a0)), slice(4 * (j0 - b0), 4 * (j1 - b0)))
+        index = t.scale_head(z_in, offset).numpy()[crop]
         m = self.model
-        means = m.h_s.means(z_in.to(next(m.parameters()).dtype))
-        return means * m.y_gain[q].exp()[None, :, None, None], index
+        means = m.h_s.means(z_in.to(next(m.parameters()).dtype))[crop]
+        return means * self._y_gain(row), index
 
-    def _slices(self, means: Tensor, index: np.ndarray, q: int, y: Tensor | None = None,
+    def _y_gain(self, row: int) -> Tensor:
+        return _gain(self.model.y_gain, torch.tensor([row / QUALITY_STEPS]))
+
+    def _synthesis(self, y_hat: Tensor, row: int, h: int, w: int) -> Tensor:
+        """x̂ (1, C, h, w) in [0, 1] from the gained ŷ' of the whole image."""
+        m = self.model
+        y_hat = y_hat * _gain(m.y_inverse_gain, torch.tensor([row / QUALITY_STEPS]))
+        return _tiled(m.g_s, y_hat, 16)[..., :h, :w].clamp(0, 1)
+
+    def _slices(self, means: Tensor, index: np.ndarray, row: int, y: Tensor | None = None,
                 decoder: coder.Decoder | None = None,
                 ) -> tuple[Tensor, list[tuple[np.ndarray, np.ndarray]]]:
         """Walk the slices of one block of y' in coding order, taking each slice's integer
@@ -221,7 +338,7 @@ class Codec:
         ctx = self.model.context
         slices = 1 if ctx is None else ctx.slices
         size = means.shape[1] // slices
-        gain = self.model.y_gain[q].exp()[None, :, None, None].to(means.dtype)
+        gain = self._y_gain(row).to(means.dtype)
         y_hat: list[Tensor] = []  # gained ŷ' of the slices done
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         for k in range(slices):
@@ -243,9 +360,13 @@ class Codec:
         return torch.cat(y_hat, 1), parts
 
     @torch.no_grad()
-    def decompress(self, data: bytes, name: str = "input") -> np.ndarray:
-        """``.cvae`` bytes -> float32 image (H, W, C) in [0, 1] (C as when compressed)."""
-        header, streams = container.unpack(data, name)
+    def decompress(self, data: bytes, name: str = "input",
+                   max_pixels: int = container.MAX_PIXELS) -> np.ndarray:
+        """``.cvae`` bytes -> float32 image (H, W, C) in [0, 1] (C as when compressed).
+
+        A header that claims more than ``max_pixels`` pixels is refused before anything is
+        allocated."""
+        header, streams = container.unpack(data, name, max_pixels)
         if header.model_id != self.id:
             raise DataError(f"'{name}' was compressed with another model (id "
                             f"{header.model_id.hex()}); this is {self.name} (id {self.id.hex()}): "
@@ -253,27 +374,28 @@ class Codec:
         if header.quality > self.qualities:
             raise DataError(f"'{name}' has quality {header.quality}, beyond this model's "
                             f"{self.qualities}")
-        q = header.quality - 1
+        row = header.quality_steps - QUALITY_STEPS
         m = self.model
         hp, wp = (-(-v // MULTIPLE) * MULTIPLE for v in (header.height, header.width))
         tile = header.tile or max(hp, wp)
-        shapes = [b.shape for b in _blocks(torch.empty(1, 1, hp // 16, wp // 16), tile // 16)]
-        blocks = []
-        for s, shape in zip(streams, shapes):
-            zh, zw = shape[-2] // 4, shape[-1] // 4
-            n, mch = m.config.channels_n, m.config.channels_m
-            index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, zh, zw))
-            s_z = coder.decode(s.z, s.z_escapes, index_z, self.tables.z)
-            means, index_y = self._hyper(s_z, q)
-            if index_y.shape != (1, mch, shape[-2], shape[-1]):
-                raise DataError(f"'{name}' is inconsistent with this model (latent shapes)")
-            decoder = coder.Decoder(s.y, s.y_escapes, self.tables.y)
-            blocks.append(self._slices(means, index_y, q, decoder=decoder)[0])
+        rects = _block_rects(hp // 16, wp // 16, tile // 16)
+        n = m.config.channels_n
+        s_z = np.zeros((1, n, hp // 64, wp // 64), np.int64)
+        checks = [container.check_bytes(header, b) for b in range(len(rects))]
+        for s, (i0, i1, j0, j1), check in zip(streams, rects, checks):  # all z first
+            shape = (1, n, (i1 - i0) // 4, (j1 - j0) // 4)
+            index_z = np.broadcast_to(np.arange(n)[None, :, None, None], shape)
+            s_z[..., i0 // 4 : i1 // 4, j0 // 4 : j1 // 4] = coder.decode(
+                s.z, s.z_escapes, index_z, self.tables.z, check)
+        y_hat = torch.empty(1, m.config.channels_m, hp // 16, wp // 16)
+        for s, rect, check in zip(streams, rects, checks):
+            means, index_y = self._hyper(s_z, row, rect)
+            decoder = coder.Decoder(s.y, s.y_escapes, self.tables.y, check)
+            i0, i1, j0, j1 = rect
+            y_hat[..., i0:i1, j0:j1] = self._slices(means, index_y, row, decoder=decoder)[0]
             decoder.finish()
-        y_hat = _unblocks(blocks, hp // 16, wp // 16, tile // 16)
-        y_hat = y_hat * m.y_inverse_gain[q].exp()[None, :, None, None]
-        x_hat = _tiled(lambda t: m.g_s(t), y_hat, 16)[..., : header.height, : header.width]
-        x_hat = x_hat.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        x_hat = self._synthesis(y_hat, row, header.height, header.width)
+        x_hat = x_hat[0].permute(1, 2, 0).numpy()
         if header.channels == 1:
             x_hat = x_hat.mean(axis=2, keepdims=True)
         return x_hat
@@ -321,16 +443,11 @@ def _pad(x: Tensor) -> Tensor:
     return F.pad(x, (0, -w % MULTIPLE, 0, -h % MULTIPLE), mode="replicate")
 
 
-def _blocks(y: Tensor, size: int) -> list[Tensor]:
-    """Row-major blocks of ``size`` latent pixels (edge blocks smaller, multiples of 4)."""
-    return [y[..., i : i + size, j : j + size]
-            for i in range(0, y.shape[-2], size) for j in range(0, y.shape[-1], size)]
-
-
-def _unblocks(blocks: list[Tensor], h: int, w: int, size: int) -> Tensor:
-    rows = [torch.cat(blocks[k : k + -(-w // size)], dim=-1)
-            for k in range(0, len(blocks), -(-w // size))]
-    return torch.cat(rows, dim=-2)
+def _block_rects(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
+    """Row-major blocks (i0, i1, j0, j1) of ``size`` latent pixels over an (h, w) latent grid
+    (edge blocks smaller, multiples of 4)."""
+    return [(i, min(i + size, h), j, min(j + size, w))
+            for i in range(0, h, size) for j in range(0, w, size)]
 
 
 def _tiled(fn, x: Tensor, scale: float) -> Tensor:  # noqa: ANN001

@@ -20,6 +20,12 @@ import numpy as np
 from clearvae.errors import DataError
 
 _WORD = np.uint32
+# Every stream ends in two check symbols (uniform over 256 values, 16 bits in all; the
+# container derives them from the file's header): a decoder that read too many or too few
+# symbols, or under another header (an edited size, a spliced stream), finds other values or
+# a stream not used up, and reports the file as corrupt.
+_CHECK = np.array([0xC5, 0x3A], np.int32)
+_CHECK_MODEL = constriction.stream.model.Categorical(np.ones(256), perfect=False)
 
 
 @dataclass(frozen=True)
@@ -61,18 +67,20 @@ class Tables:
                                                      perfect=False)
 
 
-def encode(symbols: np.ndarray, index: np.ndarray, tables: Tables) -> tuple[bytes, bytes]:
+def encode(symbols: np.ndarray, index: np.ndarray, tables: Tables,
+           check: bytes = bytes(_CHECK.tolist())) -> tuple[bytes, bytes]:
     """Code integer ``symbols`` with the tables named by ``index`` (same shape).
 
     Returns (rANS stream, escape stream).
     """
-    return encode_parts([(symbols, index)], tables)
+    return encode_parts([(symbols, index)], tables, check)
 
 
-def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]],
-                 tables: Tables) -> tuple[bytes, bytes]:
+def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]], tables: Tables,
+                 check: bytes = bytes(_CHECK.tolist())) -> tuple[bytes, bytes]:
     """Code several (symbols, index) parts into one stream that a :class:`Decoder` reads
-    part by part, in order: the decoder may compute part k's index from parts 0..k-1."""
+    part by part, in order: the decoder may compute part k's index from parts 0..k-1.
+    ``check``: the 2 bytes the stream ends in (the decoder must be given the same)."""
     coded, escapes = [], []  # per part: (entries, table indices), escaped values
     for symbols, index in parts:
         symbols = np.asarray(symbols, np.int64).reshape(-1)
@@ -84,6 +92,7 @@ def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]],
         coded.append((np.where(escaped, tables.lengths[index], rel).astype(np.int32), index))
         escapes.append(symbols[escaped])
     coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(_check(check), _CHECK_MODEL)  # decoded last
     for rel, index in reversed(coded):  # a stack: encode in reverse so that it decodes in order
         for t in np.unique(index)[::-1]:
             coder.encode_reverse(rel[index == t], tables.model(int(t)))
@@ -93,7 +102,8 @@ def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]],
 class Decoder:
     """Reads what :func:`encode_parts` wrote: call ``decode`` once per part, in order."""
 
-    def __init__(self, stream: bytes, escapes: bytes, tables: Tables) -> None:
+    def __init__(self, stream: bytes, escapes: bytes, tables: Tables,
+                 check: bytes = bytes(_CHECK.tolist())) -> None:
         if len(stream) % 4:
             raise DataError("corrupt entropy-coded stream (length is not a whole number of "
                             "words)")
@@ -103,32 +113,53 @@ class Decoder:
         except Exception as exc:  # constriction rejects some invalid streams outright
             raise DataError(f"corrupt entropy-coded stream: {exc}") from None
         self._escapes, self._pos, self._tables = escapes, 0, tables
+        self._check = _check(check)
 
     def decode(self, index: np.ndarray) -> np.ndarray:
         """The next part's symbols, shaped like its ``index``."""
         tables = self._tables
         flat = np.asarray(index, np.int64).reshape(-1)
         rel = np.empty(flat.shape, np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(tables.lengths)):
+            raise DataError("corrupt compressed file (table index out of range)")
         for t in np.unique(flat):
             where = flat == t
-            rel[where] = self._coder.decode(tables.model(int(t)), int(where.sum()))
+            try:
+                rel[where] = self._coder.decode(tables.model(int(t)), int(where.sum()))
+            except Exception as exc:  # constriction refuses some invalid states outright
+                raise DataError(f"corrupt entropy-coded stream: {exc}") from None
         escaped = rel == tables.lengths[flat]
         values = rel + tables.offsets[flat]
         values[escaped], self._pos = _from_varints(self._escapes, int(escaped.sum()), self._pos)
         return values.reshape(np.shape(index))
 
     def finish(self) -> None:
-        """Check that the escape stream was used up (a corrupt file may leave bytes over)."""
+        """Check that both streams were used up exactly: the check symbols come next, then
+        nothing (a corrupt or edited file reads too many or too few symbols)."""
+        try:
+            check = self._coder.decode(_CHECK_MODEL, len(self._check))
+        except Exception as exc:
+            raise DataError(f"corrupt entropy-coded stream: {exc}") from None
+        if not (np.array_equal(check, self._check) and self._coder.is_empty()):
+            raise DataError("corrupt entropy-coded stream in the compressed file (it does not "
+                            "end where the header says)")
         if self._pos != len(self._escapes):
             raise DataError("corrupt escape stream in the compressed file (trailing bytes)")
 
 
-def decode(stream: bytes, escapes: bytes, index: np.ndarray, tables: Tables) -> np.ndarray:
+def decode(stream: bytes, escapes: bytes, index: np.ndarray, tables: Tables,
+           check: bytes = bytes(_CHECK.tolist())) -> np.ndarray:
     """Inverse of :func:`encode`: the symbols, shaped like ``index``."""
-    decoder = Decoder(stream, escapes, tables)
+    decoder = Decoder(stream, escapes, tables, check)
     values = decoder.decode(index)
     decoder.finish()
     return values
+
+
+def _check(check: bytes) -> np.ndarray:
+    if len(check) != 2:
+        raise ValueError(f"check must be 2 bytes, got {len(check)}")
+    return np.frombuffer(check, np.uint8).astype(np.int32)
 
 
 def _varints(values: np.ndarray) -> bytes:

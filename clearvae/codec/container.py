@@ -4,25 +4,29 @@ Layout (all integers little-endian)::
 
     offset  size  field
     0       4     magic b"CVAE"
-    4       1     format version (1)
+    4       1     format version (2)
     5       1     channels of the decoded image (1 = gray, 3 = RGB)
-    6       1     quality (1..255; the codec's quality level)
-    7       1     reserved, 0
-    8       8     model id: the first 8 bytes of SHA-256 over the model's weights and tables
-    16      4     image height
-    20      4     image width
-    24      2     tile size in pixels (0: the image is one tile)
-    26      4     number of tiles (row-major)
-    30      16*n  per tile: byte lengths of its 4 streams (z, z escapes, y, y escapes)
-    ...           the streams, tile after tile
+    6       2     quality in steps of 1/16: 16 q (q = 1.0 .. the model's highest quality)
+    8       1     effort the encoder spent (0..3; informational, the decoder ignores it)
+    9       3     reserved, 0
+    12      8     model id: the first 8 bytes of SHA-256 over the model's weights and tables
+    20      4     image height
+    24      4     image width
+    28      2     block size in pixels, a multiple of 64 below the longer side (0: one block)
+    30      4     number of blocks (row-major)
+    34      16*n  per block: byte lengths of its 4 streams (z, z escapes, y, y escapes)
+    ...           the streams, block after block
     end-4   4     CRC-32 of every byte before it
 
-The decoder checks magic, version, sizes, lengths and checksum before decoding anything, so a
-truncated, corrupted or foreign file is reported instead of decoded into garbage.
+The decoder checks magic, version, every header field, the pixel count against a limit, the
+stream lengths and the checksum before it allocates or decodes anything, so a truncated,
+corrupted, foreign or absurd file is reported instead of decoded into garbage. The CRC catches
+accidents (truncation, bit rot, a bad copy), not tampering: anyone can recompute it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -30,20 +34,29 @@ from dataclasses import dataclass
 from clearvae.errors import DataError
 
 MAGIC = b"CVAE"
-VERSION = 1
+VERSION = 2
 MAX_SIDE = 1 << 17  # 131072 pixels: far beyond any camera, small enough to refuse nonsense
-_HEAD = struct.Struct("<4sBBBB8sIIHI")
+MAX_PIXELS = 2**28  # default pixel limit of the decoder (as for input images): 16k x 16k
+QUALITY_STEPS = 16  # the header stores the quality in steps of 1/16
+MAX_EFFORT = 3
+BLOCK_MULTIPLE = 64
+_HEAD = struct.Struct("<4sBBHB3s8sIIHI")
 _TILE = struct.Struct("<IIII")
 
 
 @dataclass(frozen=True)
 class Header:
     channels: int
-    quality: int
+    quality_steps: int  # quality in steps of 1/16 (16 = quality 1)
     model_id: bytes
     height: int
     width: int
     tile: int  # 0: untiled
+    effort: int = 0
+
+    @property
+    def quality(self) -> float:
+        return self.quality_steps / QUALITY_STEPS
 
     def tile_count(self) -> int:
         if self.tile == 0:
@@ -62,13 +75,22 @@ class TileStreams:
         return self.z, self.z_escapes, self.y, self.y_escapes
 
 
+def check_bytes(header: Header, block: int) -> bytes:
+    """The 2 bytes that block ``block``'s streams end in: a hash of the header, so that a
+    stream decoded under an edited header (even one whose checksum was recomputed) fails."""
+    fields = _HEAD.pack(MAGIC, VERSION, header.channels, header.quality_steps, header.effort,
+                        bytes(3), header.model_id, header.height, header.width, header.tile,
+                        header.tile_count())
+    return hashlib.sha256(fields + struct.pack("<I", block)).digest()[:2]
+
+
 def pack(header: Header, tiles: list[TileStreams]) -> bytes:
     """The bytes of a ``.cvae`` file."""
     if len(tiles) != header.tile_count():
         raise ValueError(f"{len(tiles)} tiles given, header implies {header.tile_count()}")
-    out = bytearray(_HEAD.pack(MAGIC, VERSION, header.channels, header.quality, 0,
-                               header.model_id, header.height, header.width, header.tile,
-                               len(tiles)))
+    out = bytearray(_HEAD.pack(MAGIC, VERSION, header.channels, header.quality_steps,
+                               header.effort, bytes(3), header.model_id, header.height,
+                               header.width, header.tile, len(tiles)))
     for t in tiles:
         out += _TILE.pack(*(len(p) for p in t.parts()))
     for t in tiles:
@@ -78,29 +100,60 @@ def pack(header: Header, tiles: list[TileStreams]) -> bytes:
     return bytes(out)
 
 
-def unpack(data: bytes, name: str = "input") -> tuple[Header, list[TileStreams]]:
-    """Parse and check a ``.cvae`` file; any inconsistency is a DataError naming ``name``."""
+def read_header(data: bytes, name: str = "input", max_pixels: int = MAX_PIXELS) -> Header:
+    """The header of a ``.cvae`` file, checked field by field (no checksum, no streams)."""
     if len(data) < _HEAD.size + 4:
         if data[:4] != MAGIC[: len(data[:4])]:
             raise DataError(f"'{name}' is not a clearvae compressed file (.cvae)")
         raise DataError(f"'{name}' is truncated ({len(data)} bytes)")
-    magic, version, channels, quality, reserved, model_id, h, w, tile, n = _HEAD.unpack_from(data)
+    (magic, version, channels, quality, effort, reserved, model_id, h, w, tile,
+     n) = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise DataError(f"'{name}' is not a clearvae compressed file (.cvae)")
     if version > VERSION:
         raise DataError(f"'{name}' uses .cvae format {version}; this clearvae reads format "
                         f"{VERSION}: upgrade clearvae")
+    if version < VERSION:
+        raise DataError(f"'{name}' uses .cvae format {version}, written by an earlier "
+                        f"development version of clearvae; this one reads format {VERSION}")
+    header = Header(channels, quality, model_id, h, w, tile, effort)
+    problems = []
+    if channels not in (1, 3):
+        problems.append(f"{channels} channels")
+    if quality < QUALITY_STEPS:
+        problems.append(f"quality {quality / QUALITY_STEPS}")
+    if effort > MAX_EFFORT:
+        problems.append(f"effort {effort}")
+    if reserved != bytes(3):
+        problems.append("reserved bytes set")
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        problems.append(f"size {w}x{h}")
+    elif tile and (tile % BLOCK_MULTIPLE or tile >= max(h, w)):
+        problems.append(f"block size {tile} (must be 0 or a multiple of {BLOCK_MULTIPLE} "
+                        f"below {max(h, w)})")
+    elif n != header.tile_count():
+        problems.append(f"{n} blocks where {w}x{h} in blocks of {tile} makes "
+                        f"{header.tile_count()}")
+    if problems:
+        raise DataError(f"'{name}' has an invalid header: {', '.join(problems)}")
+    if h * w > max_pixels:
+        raise DataError(f"'{name}' claims a {w}x{h} image ({h * w} pixels), more than the "
+                        f"limit of {max_pixels} pixels: refused before decoding (raise "
+                        "max_pixels only for a file you trust)")
+    return header
+
+
+def unpack(data: bytes, name: str = "input",
+           max_pixels: int = MAX_PIXELS) -> tuple[Header, list[TileStreams]]:
+    """Parse and check a ``.cvae`` file; any inconsistency is a DataError naming ``name``."""
+    header = read_header(data, name, max_pixels)
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) != crc:
         raise DataError(f"'{name}' is corrupt or truncated (checksum mismatch)")
-    header = Header(channels, quality, model_id, h, w, tile)
-    if version != VERSION or reserved or channels not in (1, 3) or not 0 < h <= MAX_SIDE \
-            or not 0 < w <= MAX_SIDE or n != header.tile_count():
-        raise DataError(f"'{name}' has an invalid header (version {version}, {channels} "
-                        f"channels, {w}x{h}, tile {tile}, {n} tiles)")
+    n = header.tile_count()
     pos = _HEAD.size
     if pos + n * _TILE.size > len(data) - 4:
-        raise DataError(f"'{name}' is truncated (tile table)")
+        raise DataError(f"'{name}' is truncated (block table)")
     lengths = [_TILE.unpack_from(data, pos + i * _TILE.size) for i in range(n)]
     pos += n * _TILE.size
     if pos + sum(map(sum, lengths)) != len(data) - 4:
@@ -113,3 +166,8 @@ def unpack(data: bytes, name: str = "input") -> tuple[Header, list[TileStreams]]
             pos += size
         tiles.append(TileStreams(*parts))
     return header, tiles
+
+
+def overhead(tiles: int) -> int:
+    """Bytes of a file besides its streams: header, block table and checksum."""
+    return _HEAD.size + tiles * _TILE.size + 4

@@ -67,12 +67,13 @@ class IntegerNetwork:
         return a.clamp(0, self.levels - 1).long()
 
     def state(self) -> dict[str, Tensor]:
-        """Tensors to store in a model file (integers as int64)."""
+        """Tensors to store in a model file (weights as int16: |W| < 2**WEIGHT_BITS; the rest
+        as int64)."""
         out = {"input_bits": torch.tensor(self.input_bits), "levels": torch.tensor(self.levels)}
         for i, layer in enumerate(self.layers):
             out[f"{i}.meta"] = torch.tensor([layer.shift, int(layer.relu), layer.upscale])
             if layer.weight is not None:
-                out[f"{i}.weight"] = layer.weight.long()
+                out[f"{i}.weight"] = layer.weight.to(torch.int16)
                 out[f"{i}.bias"] = layer.bias.long()
         return out
 

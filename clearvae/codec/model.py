@@ -183,15 +183,21 @@ def gained(means: Tensor, scale_index: Tensor, y_gain: Tensor) -> tuple[Tensor, 
     return means * y_gain, scale_index + y_gain.log() / LOG_STEP
 
 
-def _gain(log_gains: Tensor, quality: Tensor) -> Tensor:
-    """Gains (B, C, 1, 1) from log gains (Q, C) at quality (B,)."""
+def interpolated(log_gains: Tensor, quality: Tensor) -> Tensor:
+    """Log gains (B, C) at quality (B,): rows of ``log_gains`` (Q, C), interpolated linearly
+    (geometrically in the gains, Cui et al. 2021) where a float quality lies between two."""
     if not quality.is_floating_point():
-        return log_gains[quality].exp()[:, :, None, None]
+        return log_gains[quality]
     q = quality.to(log_gains.dtype)
     lo = q.floor().long().clamp(0, len(log_gains) - 1)
     hi = (lo + 1).clamp(max=len(log_gains) - 1)
     t = (q - lo)[:, None]  # (B, 1)
-    return ((1 - t) * log_gains[lo] + t * log_gains[hi]).exp()[:, :, None, None]
+    return (1 - t) * log_gains[lo] + t * log_gains[hi]
+
+
+def _gain(log_gains: Tensor, quality: Tensor) -> Tensor:
+    """Gains (B, C, 1, 1) from log gains (Q, C) at quality (B,)."""
+    return interpolated(log_gains, quality).exp()[:, :, None, None]
 
 
 def estimated_bits(out: CodecOutput) -> Tensor:

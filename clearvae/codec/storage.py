@@ -12,8 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 from clearvae import checkpoint
-from clearvae.codec.codec import Codec, CodingTables
-from clearvae.codec.model import HyperpriorCodec, HyperpriorCodecConfig
+from clearvae.codec import validation
+from clearvae.codec.codec import Codec, CodingTables, model_id
+from clearvae.codec.model import HyperpriorCodec
 from clearvae.errors import ModelFileError
 
 DEFAULT_MODEL = "codec-default.safetensors"
@@ -33,24 +34,33 @@ def save_codec(codec: Codec, path: str | os.PathLike, info: dict | None = None) 
 
 
 def load_codec(path: str | os.PathLike | None = None) -> Codec:
-    """A codec from a model file or training checkpoint; ``None``: the bundled default."""
+    """A codec from a model file or training checkpoint; ``None``: the bundled default.
+
+    The file is checked completely before use: its metadata, every weight against a model
+    of its config, its coding tables (``validation``) and their model id. Anything wrong is
+    one ModelFileError naming the file and what is wrong."""
     if path is None:
         path = default_model_path()
         if not path.exists():
             raise ModelFileError(f"this clearvae install has no bundled codec model ({path}): "
                                  "train one with `clearvae train` and pass --model")
-    loaded = checkpoint.load_file(path)
+    loaded = checkpoint.read_file(path)
     if loaded.model_config.get("kind") != "hyperprior":
         raise ModelFileError(f"'{path}' holds a {loaded.model_config.get('kind')} model, not an "
                              "image codec (kind hyperprior)")
-    config = HyperpriorCodecConfig.from_dict(loaded.model_config)
-    model = HyperpriorCodec(config)
-    weights = loaded.weights()
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise ModelFileError(f"'{path}': its weights do not fit this clearvae's codec "
-                             f"({str(exc).splitlines()[0]})") from None
-    tables = loaded.section("tables")
-    return Codec(model, CodingTables.from_state(tables) if tables else None,
-                 name=Path(path).name)
+    # Checked against a model without memory first: a config claiming huge sizes is refused
+    # before anything is allocated for it.
+    checkpoint.check_tensors(loaded, path)
+    model = HyperpriorCodec(checkpoint.model_config(loaded, path))
+    model.load_state_dict(loaded.weights())  # fits: checked above
+    state = loaded.section("tables")
+    tables = None
+    if state:
+        validation.check_tables(state, model, str(path))
+        tables = CodingTables.from_state(state)
+        # the weights and tables as stored must give the stored id: edits that kept them valid
+        validation.check_model_id(loaded.info, model_id(model, tables), str(path))
+    codec = Codec(model, tables, name=Path(path).name)  # builds the tables of a checkpoint
+    if tables is None and "model_id" in loaded.info:  # tables removed from a saved codec
+        validation.check_model_id(loaded.info, codec.id, str(path))
+    return codec

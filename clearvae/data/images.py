@@ -31,8 +31,9 @@ Mode = Literal["crop", "resize", "full"]
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """Open ``path`` with Pillow; every failure inside the block becomes a DataError."""
+def opened(path: Path) -> Iterator[Image.Image]:
+    """Open ``path`` with Pillow (pixel limit checked from the header before decoding);
+    every failure inside the block, MemoryError included, becomes a DataError."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
@@ -98,7 +99,7 @@ def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
 
 def _decode(path: Path, channels: int | None) -> np.ndarray:
     """Decode ``path`` to (H, W, C) uint8 or uint16 with ``channels`` channels."""
-    with _opened(path) as im:
+    with opened(path) as im:
         bits = _source_bits(im)  # before load(), which drops the decoder's tiles
         im.load()  # decode now, inside the error translation
         return convert_channels(_pixels(path, im, bits), channels)
@@ -120,7 +121,7 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
 def read_image_bit_depth(path: str | os.PathLike) -> int:
     """Bits per channel stored in an image file: 8 or 16."""
     path = Path(path)
-    with _opened(path) as im:
+    with opened(path) as im:
         bits = _source_bits(im)
         if im.mode == "I" and bits == 8:  # 32-bit integers: 16 if they need more than 8 bits
             return 16 if _decode(path, None).dtype == np.uint16 else 8
@@ -149,8 +150,10 @@ def _as_hwc(array: Any, path: Path) -> np.ndarray:
     return np.clip(a.astype(np.float32), 0.0, 1.0)
 
 
-def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8) -> None:
-    """Write a [0, 1] image atomically in the format its extension names (PNG, JPEG, ...)."""
+def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8,
+                software: str | None = None) -> None:
+    """Write a [0, 1] image atomically in the format its extension names (PNG, JPEG, ...);
+    ``software`` goes into a PNG's "Software" text chunk."""
     path = Path(path)
     image = _as_hwc(array, path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -166,8 +169,14 @@ def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8) -> None
     pixels = np.rint(image * top).astype(dtype)
     im = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)  # L, I;16, RGB
     buffer = io.BytesIO()
+    options = {}
+    if software is not None and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = PngInfo()
+        options["pnginfo"].add_text("Software", software)
     try:
-        im.save(buffer, format=fmt)
+        im.save(buffer, format=fmt, **options)
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"cannot write '{path}' as {fmt} with {bit_depth} bits: {e}") from e
     atomic_write(path, buffer.getvalue())  # temp file in the same folder, then os.replace
