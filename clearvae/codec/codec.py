@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from clearvae.codec import coder, container
@@ -45,11 +44,10 @@ from clearvae.codec.context import calibration_inputs, scale_context_input
 from clearvae.codec.entropy_models import LOG_STEP, SCALE_LEVELS, SCALES
 from clearvae.codec.integer import IntegerNetwork, quantize_network
 from clearvae.codec.model import MULTIPLE, HyperpriorCodec, _gain, interpolated
+from clearvae.codec.tiling import as_tensor, block_rects, pad, tile_size, tiled
 from clearvae.errors import ConfigError, DataError
 
 Y_TAIL_SIGMAS = 6.0  # y tables cover +-6 sigma (tail mass 2e-9); beyond: escape codes
-COMPUTE_TILE = 512  # g_a / g_s run on tiles of this many pixels (plus a margin)
-MARGIN = 64  # pixels of context around each tile (covers g_a's 61-pixel receptive field)
 Z_MARGIN = 2  # z pixels around a block that its means and table indices see (h_s: < 2)
 
 
@@ -252,11 +250,11 @@ class Codec:
     @torch.no_grad()
     def prepare(self, image: np.ndarray | Tensor, tile: int = 0) -> Prepared:
         """Check an image and run the analysis transform once (quality-independent)."""
-        x, channels = _as_tensor(image, self.model.config.image_channels)
+        x, channels = as_tensor(image, self.model.config.image_channels)
         self._check_fresh()
         h, w = x.shape[-2:]
-        tile = _tile_size(h, w, tile)
-        y = _tiled(self.model.g_a, _pad(x), 1 / 16)
+        tile = tile_size(h, w, tile)
+        y = tiled(self.model.g_a, pad(x), 1 / 16)
         return Prepared(x, y, channels, tile)
 
     @torch.no_grad()
@@ -269,16 +267,16 @@ class Codec:
         row = steps - QUALITY_STEPS
         quality = torch.tensor([row / QUALITY_STEPS])
         y = prep.y * _gain(m.y_gain, quality)  # (1, M, h, w) y'
-        z = _tiled(m.h_a, y, 1 / 4) * _gain(m.z_gain, quality)  # (1, N, h/4, w/4) z'
+        z = tiled(m.h_a, y, 1 / 4) * _gain(m.z_gain, quality)  # (1, N, h/4, w/4) z'
         if effort:
             with torch.enable_grad():
-                y, z = refine(m, _pad(prep.x), y, z, quality, effort, progress)
+                y, z = refine(m, pad(prep.x), y, z, quality, effort, progress)
         s_z = torch.round(z - torch.from_numpy(t.median).float()[None, :, None, None])
         s_z = s_z.double().numpy().astype(np.int64)
         h, w = prep.x.shape[-2:]
         header = container.Header(prep.channels, steps, self.id, h, w,
                                   0 if prep.tile >= max(h, w) else prep.tile, effort)
-        rects = _block_rects(*y.shape[-2:], prep.tile // 16)
+        rects = block_rects(*y.shape[-2:], prep.tile // 16)
         streams, y_hat = [], torch.empty_like(y) if reconstruct else None
         for b, (i0, i1, j0, j1) in enumerate(rects):
             check = container.check_bytes(header, b)
@@ -322,7 +320,7 @@ class Codec:
         """x̂ (1, C, h, w) in [0, 1] from the gained ŷ' of the whole image."""
         m = self.model
         y_hat = y_hat * _gain(m.y_inverse_gain, torch.tensor([row / QUALITY_STEPS]))
-        return _tiled(m.g_s, y_hat, 16)[..., :h, :w].clamp(0, 1)
+        return tiled(m.g_s, y_hat, 16)[..., :h, :w].clamp(0, 1)
 
     def _slices(self, means: Tensor, index: np.ndarray, row: int, y: Tensor | None = None,
                 decoder: coder.Decoder | None = None,
@@ -378,7 +376,7 @@ class Codec:
         m = self.model
         hp, wp = (-(-v // MULTIPLE) * MULTIPLE for v in (header.height, header.width))
         tile = header.tile or max(hp, wp)
-        rects = _block_rects(hp // 16, wp // 16, tile // 16)
+        rects = block_rects(hp // 16, wp // 16, tile // 16)
         n = m.config.channels_n
         s_z = np.zeros((1, n, hp // 64, wp // 64), np.int64)
         checks = [container.check_bytes(header, b) for b in range(len(rects))]
@@ -399,74 +397,3 @@ class Codec:
         if header.channels == 1:
             x_hat = x_hat.mean(axis=2, keepdims=True)
         return x_hat
-
-
-def _as_tensor(image: np.ndarray | Tensor, model_channels: int) -> tuple[Tensor, int]:
-    """(1, model_channels, H, W) float32 in [0, 1] and the number of channels the caller gave
-    (a gray image goes through an RGB model as three equal planes)."""
-    a = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise DataError(f"expected an image of shape (H, W), (H, W, 1) or (H, W, 3), got "
-                        f"{a.shape}")
-    if a.shape[2] == 4:
-        raise DataError("the image has an alpha channel, which the codec does not keep: "
-                        "flatten it onto a background first (e.g. --drop-alpha)")
-    if a.shape[2] == 3 and model_channels == 1:
-        raise DataError("this codec model codes gray images only, and the image is colour: "
-                        "convert it to gray first, or use an RGB model")
-    if a.dtype == np.uint8:
-        a = a.astype(np.float32) / 255
-    elif a.dtype == np.uint16:
-        raise DataError("16-bit images are not supported by the codec: convert to 8 bits "
-                        "first (the codec codes 8-bit images)")
-    elif not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-        raise DataError(f"expected uint8 or finite float pixels, got {a.dtype}")
-    h, w, c = a.shape
-    if min(h, w) < 1 or max(h, w) > container.MAX_SIDE:
-        raise DataError(f"image size {w}x{h} is outside 1..{container.MAX_SIDE} pixels a side")
-    x = torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None].clamp(0, 1)
-    return (x.expand(1, model_channels, h, w).contiguous() if c == 1 else x), c
-
-
-def _tile_size(h: int, w: int, tile: int) -> int:
-    if tile == 0:  # automatic: one block up to 2048 pixels a side
-        return 2048 if max(h, w) > 2048 else max(-(-h // 64), -(-w // 64)) * 64
-    if tile % MULTIPLE or tile < MULTIPLE:
-        raise ConfigError(f"tile must be a positive multiple of {MULTIPLE}, got {tile}")
-    return tile
-
-
-def _pad(x: Tensor) -> Tensor:
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % MULTIPLE, 0, -h % MULTIPLE), mode="replicate")
-
-
-def _block_rects(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
-    """Row-major blocks (i0, i1, j0, j1) of ``size`` latent pixels over an (h, w) latent grid
-    (edge blocks smaller, multiples of 4)."""
-    return [(i, min(i + size, h), j, min(j + size, w))
-            for i in range(0, h, size) for j in range(0, w, size)]
-
-
-def _tiled(fn, x: Tensor, scale: float) -> Tensor:  # noqa: ANN001
-    """Apply a convolutional ``fn`` that resizes by ``scale`` over overlapping tiles of x,
-    keeping each tile's centre: the same result as ``fn(x)`` in bounded memory."""
-    step = int(COMPUTE_TILE if scale < 1 else COMPUTE_TILE / 16)
-    margin = int(MARGIN if scale < 1 else MARGIN / 16)
-    h, w = x.shape[-2:]
-    if h <= step + 2 * margin and w <= step + 2 * margin:
-        return fn(x)
-    out = None
-    for i in range(0, h, step):
-        for j in range(0, w, step):
-            i0, j0 = max(i - margin, 0), max(j - margin, 0)
-            piece = fn(x[..., i0 : min(i + step + margin, h), j0 : min(j + step + margin, w)])
-            a, b = int((i - i0) * scale), int((j - j0) * scale)
-            hh, ww = int(min(step, h - i) * scale), int(min(step, w - j) * scale)
-            if out is None:
-                out = piece.new_empty((*piece.shape[:2], int(h * scale), int(w * scale)))
-            out[..., int(i * scale) : int(i * scale) + hh,
-                int(j * scale) : int(j * scale) + ww] = piece[..., a : a + hh, b : b + ww]
-    return out
