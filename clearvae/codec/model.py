@@ -48,6 +48,7 @@ from clearvae.models.layers import pad_to_multiple
 # CompressAI's MSE lambdas for its qualities 1..8: loss = λ 255² MSE + bpp.
 DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 MULTIPLE = 64  # total downsampling of g_a (16) and h_a (4)
+MAX_CHANNELS = 4096  # far above any published codec (320); refuses configs that overflow sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,8 @@ class HyperpriorCodecConfig(Config):
     context_slices: int = 0
 
     def validate(self) -> None:
-        if self.channels_n < 1 or self.channels_m < 1:
-            raise ConfigError(f"channels_n and channels_m must be >= 1, got "
+        if not (1 <= self.channels_n <= MAX_CHANNELS and 1 <= self.channels_m <= MAX_CHANNELS):
+            raise ConfigError(f"channels_n and channels_m must be 1..{MAX_CHANNELS}, got "
                               f"{self.channels_n} and {self.channels_m}")
         if self.image_channels not in (1, 3):
             raise ConfigError(f"image_channels must be 1 or 3, got {self.image_channels}")
