@@ -334,14 +334,9 @@ def _group(name: str) -> str:
 
 def _model_id(tensors: dict) -> str:
     """What ``codec.model_id`` computes, over the tensors as they are (a tamperer's id)."""
-    import hashlib
+    from clearvae.codec.codec import state_digest
 
-    h = hashlib.sha256()
-    named = {k.removeprefix("tables."): v for k, v in tensors.items()}
-    for name, t in sorted(named.items()):
-        h.update(name.encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.digest()[:8].hex()
+    return state_digest({k.removeprefix("tables."): v for k, v in tensors.items()}).hex()
 
 
 def _png_chunks(data: bytes) -> list[tuple[int, bytes, bytes]]:

@@ -1,7 +1,6 @@
 """Damaged and tampered model files: every one is a single ModelFileError naming the file and
 what is wrong, never a traceback or a silently bad codec (issue 20's fuzz findings)."""
 
-import hashlib
 import json
 import math
 
@@ -39,12 +38,9 @@ def _read(path):
 
 def _forged_id(tensors):
     """The model id of the tensors as they are (what a tamperer would recompute)."""
-    h = hashlib.sha256()
-    named = {k.removeprefix("tables."): v for k, v in tensors.items()}
-    for name, t in sorted(named.items()):
-        h.update(name.encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.digest()[:8].hex()
+    from clearvae.codec.codec import state_digest
+
+    return state_digest({k.removeprefix("tables."): v for k, v in tensors.items()}).hex()
 
 
 def _tamper(src, dst, edit, forge_id=True):

@@ -150,8 +150,13 @@ def quality_grid(qualities: int) -> Tensor:
 
 def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
     """8 bytes naming the exact weights and tables (stored in every file they code)."""
+    return state_digest({**model.state_dict(), **tables.state()})
+
+
+def state_digest(tensors: dict[str, Tensor]) -> bytes:
+    """The first 8 bytes of SHA-256 over named tensors in name order: ``model_id``'s hash."""
     h = hashlib.sha256()
-    for name, t in sorted({**model.state_dict(), **tables.state()}.items()):
+    for name, t in sorted(tensors.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.digest()[:8]

@@ -33,6 +33,7 @@ class _Trials:
                  progress: Progress | None) -> None:
         self.codec, self.prep, self.reconstruct, self.progress = codec, prep, reconstruct, progress
         self.done: dict[tuple[int, int], Encoded] = {}
+        self.psnrs: dict[tuple[int, int], float] = {}  # bisection asks for some more than once
 
     def __call__(self, steps: int, effort: int = 0) -> Encoded:
         if (steps, effort) not in self.done:
@@ -45,7 +46,9 @@ class _Trials:
         return len(self(steps, effort).data)
 
     def psnr(self, steps: int, effort: int = 0) -> float:
-        return self(steps, effort).psnr(self.prep.x)
+        if (steps, effort) not in self.psnrs:
+            self.psnrs[steps, effort] = self(steps, effort).psnr(self.prep.x)
+        return self.psnrs[steps, effort]
 
 
 def search(codec: Codec, prep: Prepared, effort: int, target_bpp: float | None = None,
