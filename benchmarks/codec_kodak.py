@@ -148,11 +148,41 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
 
 
+class ImageLog:
+    """Every image's result, appended to OUT/images.jsonl as soon as it is measured, so that a
+    long run that is stopped loses at most one image: ``--resume`` takes the logged ones."""
+
+    def __init__(self, path: Path | None, resume: bool) -> None:
+        self.path, self.done = path, {}
+        if path is not None and resume and path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.done[(row["codec"], row["quality"], row["image"])] = row
+
+    def get(self, codec: str, quality: float, image: str) -> dict | None:
+        return self.done.get((codec, quality, image))
+
+    def add(self, row: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+LOG = ImageLog(None, False)
+
+
 def measure(name: str, encode: Encode, decode: Decode, images: list[tuple[str, np.ndarray]],
             quality: float) -> Point:
     """Code every image at ``quality``; bytes, quality and time per image, then means."""
     rows, enc, dec = [], [], []
     for image_name, image in images:
+        if (logged := LOG.get(name, quality, image_name)) is not None:
+            rows.append({k: logged[k] for k in ("image", "bytes", "shape", "bpp", "psnr",
+                                                "ms_ssim")})
+            enc.append(logged["encode_s"])
+            dec.append(logged["decode_s"])
+            continue
         t0 = time.perf_counter()
         data = encode(image, quality)
         t1 = time.perf_counter()
@@ -167,6 +197,8 @@ def measure(name: str, encode: Encode, decode: Decode, images: list[tuple[str, n
                      "psnr": float(psnr(x_hat, x)[0]), "ms_ssim": float(ms_ssim(x_hat, x)[0])})
         enc.append(t1 - t0)
         dec.append(t2 - t1)
+        LOG.add({"codec": name, "quality": quality, **rows[-1], "encode_s": enc[-1],
+                 "decode_s": dec[-1]})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "ms_ssim")}
     point = Point(name, quality, **mean, encode_s=float(np.mean(enc)),
                   decode_s=float(np.mean(dec)), images=rows)
@@ -178,7 +210,8 @@ def measure(name: str, encode: Encode, decode: Decode, images: list[tuple[str, n
 
 def sweep(name: str, encode: Encode, decode: Decode, images: list[tuple[str, np.ndarray]],
           qualities: list[float]) -> list[Point]:
-    decode(encode(images[0][1], qualities[0]))  # warm-up: lazy init, caches, allocator
+    if any(LOG.get(name, q, n) is None for q in qualities for n, _ in images):
+        decode(encode(images[0][1], qualities[0]))  # warm-up: lazy init, caches, allocator
     return [measure(name, encode, decode, images, q) for q in qualities]
 
 
@@ -325,6 +358,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--anchors", type=Path, default=SHARED.parent / "anchors" / "kodak_rd.json",
                    help="published CompressAI points (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch and AVIF threads (default: torch's)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the images already measured in OUT/images.jsonl (same options)")
     args = p.parse_args(argv)
     if args.images is not None and args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
@@ -344,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     AvifImagePlugin.DEFAULT_MAX_THREADS = threads  # libavif would use every core otherwise
     images = load_images(args.data, args.images)
+    global LOG
+    args.out.mkdir(parents=True, exist_ok=True)
+    LOG = ImageLog(args.out / "images.jsonl", args.resume)
     dataset = "Kodak" if args.data.name == "kodak" else args.data.name
     try:
         codec, decode, model_info = our_coder(args.model)

@@ -39,11 +39,14 @@ def _parser() -> argparse.ArgumentParser:
                    "bundled one)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("compress", help="compress images to .cvae files")
-    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s = sub.add_parser("compress", help="compress images (photos; DICOM, NIfTI, 16-bit gray) "
+                       "to .cvae files")
+    s.add_argument("inputs", nargs="+", help="image files, DICOM files or series folders, "
+                   "NIfTI files, or folders of them")
     s.add_argument("-o", "--output", help="output file (one input) or folder")
-    s.add_argument("-q", "--quality", type=float, default=4, help="1 (smallest) .. 8 (best), "
-                   "fractions allowed (steps of 1/16), default %(default)s")
+    s.add_argument("-q", "--quality", type=float, help="1 (smallest) .. 8 (best), "
+                   "fractions allowed (steps of 1/16), default 4 (with --max-error: the "
+                   "smallest file)")
     s.add_argument("-e", "--effort", type=int, default=0, help="0 (fast, default) .. 3: "
                    "more encode time for a smaller file at the same quality (about 6 / 20 / "
                    "60 s for a 768x512 image on 2 cores); decoding is unchanged")
@@ -54,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="the best quality whose file has at most N bytes")
     target.add_argument("--target-psnr", type=float, metavar="P",
                         help="the smallest file with a PSNR of at least P dB")
-    s.add_argument("--model", help="codec model file (default: the bundled one)")
+    target.add_argument("--max-error", type=int, metavar="K", help="12/16-bit gray images "
+                        "(DICOM, NIfTI, 16-bit PNG): every decoded value within +-K")
+    target.add_argument("--lossless", action="store_const", const=0, dest="max_error",
+                        help="12/16-bit gray images: decode to exactly the stored values")
+    s.add_argument("--model", help="codec model file (default: the bundled one; for DICOM, "
+                   "NIfTI and 16-bit gray images the bundled MRI codec)")
     s.add_argument("--tile", type=int, default=0, help="block size in pixels for large "
                    "images (multiple of 64; default automatic)")
     s.add_argument("--drop-alpha", action="store_true", help="code images with transparency "
@@ -62,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite existing outputs")
     s.set_defaults(func=cmd_compress)
 
-    s = sub.add_parser("decompress", help="decompress .cvae files to PNG")
+    s = sub.add_parser("decompress", help="decompress .cvae files to PNG, or to the DICOM, "
+                       "NIfTI or 16-bit PNG they came from")
     s.add_argument("inputs", nargs="+", help=".cvae files or folders")
     s.add_argument("-o", "--output", help="output file (one input) or folder")
     s.add_argument("--model", help="codec model file (default: the bundled one)")
@@ -305,13 +314,24 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"interpolation in {args.steps} steps written to {args.output}")
 
 
+MEDICAL_SUFFIXES = (".dcm", ".nii", ".nii.gz")
+
+
 def _pairs(inputs: list[str], output: str | None, suffixes: tuple[str, ...],
-           new_suffix: str) -> list[tuple[Path, Path]]:
-    """(source, target) for each input file, or each matching file in input folders."""
+           new_suffix: str, rename=None) -> list[tuple[Path, Path]]:
+    """(source, target) for each input file, or each matching file in input folders (a
+    folder of DICOM files is one input: a series)."""
+    from clearvae.data.medical import is_medical
+
+    def named(s: Path) -> Path:
+        return rename(s) if rename else s.with_suffix(new_suffix)
+
     sources: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
+        if item.is_dir() and ".dcm" in suffixes and is_medical(item):
+            sources.append(item)
+        elif item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.name.lower().endswith(suffixes))
             if not found:
                 raise ConfigError(f"no {'/'.join(suffixes)} files in folder '{item}'")
             sources += found
@@ -321,25 +341,42 @@ def _pairs(inputs: list[str], output: str | None, suffixes: tuple[str, ...],
             raise ConfigError(f"'{item}' does not exist")
     if output and len(sources) > 1 or output and Path(output).is_dir():
         out = Path(output)
-        return [(s, out / s.with_suffix(new_suffix).name) for s in sources]
+        return [(s, out / named(s).name) for s in sources]
     if output:
         return [(sources[0], Path(output))]
-    return [(s, s.with_suffix(new_suffix)) for s in sources]
+    return [(s, named(s)) for s in sources]
+
+
+class _Codecs:
+    """The codec for each input: ``--model`` for all, else the bundled photo or MRI codec,
+    loaded when first needed."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model, self.loaded = model, {}
+
+    def __call__(self, gray: bool):
+        from clearvae.codec.storage import load_codec
+
+        key = None if self.model else gray
+        if key not in self.loaded:
+            self.loaded[key] = load_codec(self.model, gray=gray)
+        return self.loaded[key]
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from clearvae.codec.storage import load_codec
-    from clearvae.compress import Settings, compress_file
+    from clearvae.compress import Settings, compress_file, is_gray_volume, target_for
     from clearvae.data import IMAGE_EXTENSIONS
 
-    codec = load_codec(args.model)
+    codecs = _Codecs(args.model)
     settings = Settings(args.quality, args.effort, args.tile, args.target_bpp, args.max_bytes,
-                        args.target_psnr)
-    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS, ".cvae")
+                        args.target_psnr, args.max_error)
+    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS + MEDICAL_SUFFIXES, ".cvae",
+                   target_for)
     total_bytes = total_pixels = 0
     failed = []
     for source, target in pairs:
         try:
+            codec = codecs(is_gray_volume(source))
             r = compress_file(codec, source, target, settings, args.drop_alpha,
                               overwrite=args.force, progress=_EncodeProgress(source))
         except ClearvaeError as exc:
@@ -347,7 +384,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             failed.append(source)
             continue
         total_bytes, total_pixels = total_bytes + r.compressed_bytes, total_pixels + r.pixels
-        print(f"{source} -> {target}: {source.stat().st_size} -> {r.compressed_bytes} bytes, "
+        print(f"{source} -> {target}: {_bytes_of(source)} -> {r.compressed_bytes} bytes, "
               f"{r.bpp:.3f} bpp (quality {r.quality:g}, effort {r.effort})")
     if len(pairs) > 1 and total_pixels:
         print(f"{len(pairs) - len(failed)} images: {total_bytes} bytes, "
@@ -355,23 +392,36 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return _batch_status("compress", failed, len(pairs))
 
 
-def cmd_decompress(args: argparse.Namespace) -> int:
-    from clearvae.codec.storage import load_codec
-    from clearvae.compress import decompress_file
+def _bytes_of(path: Path) -> int:
+    """Bytes of a file, or of the files of a folder (a DICOM series)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
 
-    codec = load_codec(args.model)
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from clearvae.compress import decompress_file, is_volume_file
+
+    codecs = _Codecs(args.model)
     pairs = _pairs(args.inputs, args.output, (".cvae",), ".png")
     failed = []
     for source, target in pairs:
         try:
+            with open(source, "rb") as f:
+                gray = is_volume_file(f.read(8))
             # no -o: the default name, which --force may not take from an image not ours
-            r = decompress_file(codec, source, target if args.output else None,
+            r = decompress_file(codecs(gray), source, target if args.output else None,
                                 overwrite=args.force, max_pixels=args.max_pixels)
+        except OSError as exc:
+            print(f"clearvae decompress: error: cannot read '{source}': {exc.strerror}",
+                  file=sys.stderr)
+            failed.append(source)
+            continue
         except ClearvaeError as exc:
             print(f"clearvae decompress: error: {exc}", file=sys.stderr)
             failed.append(source)
             continue
-        print(f"{source} -> {target}: {r.compressed_bytes} bytes, {r.bpp:.3f} bpp")
+        print(f"{source} -> {r.target}: {r.compressed_bytes} bytes, {r.bpp:.3f} bpp")
     return _batch_status("decompress", failed, len(pairs))
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 
 from clearvae.codec import container
 from clearvae.codec.codec import Codec, Progress
-from clearvae.data import read_image_bit_depth, write_image
+from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
+from clearvae.data import dicom, medical, read_image_bit_depth, write_image
 from clearvae.data.images import opened
 from clearvae.errors import DataError
 from clearvae.files import atomic_write
@@ -30,19 +31,20 @@ DECODED_BY = "clearvae decompress"  # the PNG text chunk "Software" of every dec
 class Settings:
     """How to code: a quality, or one target that chooses it; the effort; the block size."""
 
-    quality: float = 4
+    quality: float | None = None  # None: 4 (lossy), or the smallest file (max_error)
     effort: int = 0
     tile: int = 0
     target_bpp: float | None = None
     max_bytes: int | None = None
     target_psnr: float | None = None
+    max_error: int | None = None  # gray 12/16-bit images: every value within ±K (0: lossless)
 
     def describe(self) -> str:
         """Which of quality / target decided, for messages."""
-        for key in ("target_bpp", "max_bytes", "target_psnr"):
+        for key in ("target_bpp", "max_bytes", "target_psnr", "max_error"):
             if getattr(self, key) is not None:
                 return f"{key.replace('_', '-')} {getattr(self, key)}"
-        return f"quality {self.quality:g}"
+        return f"quality {4 if self.quality is None else self.quality:g}"
 
 
 @dataclass(frozen=True)
@@ -83,15 +85,48 @@ def read_for_codec(path: Path, drop_alpha: bool = False) -> np.ndarray:
         return np.asarray(im.convert("L" if gray else "RGB"))
 
 
+def is_gray_volume(path: str | os.PathLike) -> bool:
+    """Whether a file or folder goes to the gray 12/16-bit codec: DICOM, NIfTI, or a
+    16-bit PNG / TIFF (8-bit images go to the photo codec)."""
+    path = Path(path)
+    if medical.is_medical(path):
+        return True
+    if path.suffix.lower() in medical.IMAGE_SUFFIXES and path.is_file():
+        try:
+            return read_image_bit_depth(path) == 16
+        except DataError:
+            return False
+    return False
+
+
+def target_for(source: Path, suffix: str = SUFFIX) -> Path:
+    """``source`` with its image suffix replaced (``x.nii.gz`` -> ``x.cvae``; a series folder
+    ``scans/t1/`` -> ``scans/t1.cvae``)."""
+    name = source.name
+    for ending in (".nii.gz", ".nii", ".dcm", ".dicom"):
+        if name.lower().endswith(ending):
+            return source.with_name(name[: -len(ending)] + suffix)
+    return source.with_suffix(suffix) if source.suffix and not source.is_dir() else \
+        source.with_name(name + suffix)
+
+
 def compress_file(codec: Codec, source: str | os.PathLike, target: str | os.PathLike | None = None,
                   settings: Settings = Settings(), drop_alpha: bool = False,
-                  overwrite: bool = False, progress: Progress | None = None) -> Result:
-    """Compress one image file; the ``.cvae`` file is written atomically, at the end."""
+                  overwrite: bool = False, progress: Progress | None = None,
+                  max_pixels: int = container.MAX_PIXELS) -> Result:
+    """Compress one image file (or DICOM series folder); the ``.cvae`` file is written
+    atomically, at the end. Gray 12/16-bit sources (``is_gray_volume``) need a gray codec."""
     source = Path(source)
-    target = Path(target) if target else source.with_suffix(SUFFIX)
+    target = Path(target) if target else target_for(source)
     _check_target(source, target, overwrite)
+    if is_gray_volume(source):
+        return _compress_volume(codec, source, target, settings, progress, max_pixels)
+    if settings.max_error is not None:
+        raise DataError(f"'{source}' is an 8-bit image: --max-error and --lossless are for "
+                        "12/16-bit gray images (DICOM, NIfTI, 16-bit PNG / TIFF)")
     image = read_for_codec(source, drop_alpha)
-    data = codec.compress(image, quality=settings.quality, tile=settings.tile,
+    quality = 4 if settings.quality is None else settings.quality
+    data = codec.compress(image, quality=quality, tile=settings.tile,
                           effort=settings.effort, target_bpp=settings.target_bpp,
                           max_bytes=settings.max_bytes, target_psnr=settings.target_psnr,
                           progress=progress)
@@ -101,17 +136,49 @@ def compress_file(codec: Codec, source: str | os.PathLike, target: str | os.Path
                   header.effort)
 
 
+def _compress_volume(codec: Codec, source: Path, target: Path, settings: Settings,
+                     progress: Progress | None, max_pixels: int) -> Result:
+    """The gray 12/16-bit path: the volume's stored integers, coded with its metadata."""
+    volume = medical.read_volume(source, max_pixels)
+    gray = GrayVolume(volume.unsigned(), volume.bits, volume.kind, str(volume.values.dtype),
+                      volume.offset, volume.meta)
+    data = compress_gray(codec, gray, settings.quality, settings.effort, settings.tile,
+                         max_error=settings.max_error, target_bpp=settings.target_bpp,
+                         max_bytes=settings.max_bytes, target_psnr=settings.target_psnr,
+                         refine_progress=progress)
+    _write(target, data)
+    _, _, records = container.unpack_volume(data, str(target))
+    steps = [r.quality_steps for r in records.values()]
+    return Result(source, target, len(data), volume.values.size,
+                  float(np.mean(steps)) / container.QUALITY_STEPS, settings.effort)
+
+
+def is_volume_file(data: bytes) -> bool:
+    """Whether ``.cvae`` bytes hold a gray volume (format 3), for the gray codec."""
+    return container.is_volume(data)
+
+
+def volume_target(source: Path, kind: str) -> Path:
+    """The default output of a decoded volume: DICOM (a file, or a folder for a series),
+    NIfTI (.nii.gz) or a PNG, beside the ``.cvae`` file."""
+    return source.with_suffix({"dicom": ".dcm", "nifti": ".nii.gz"}.get(kind, ".png"))
+
+
 def decompress_file(codec: Codec, source: str | os.PathLike,
                     target: str | os.PathLike | None = None, overwrite: bool = False,
                     max_pixels: int = container.MAX_PIXELS) -> Result:
-    """Decompress one ``.cvae`` file to an image (PNG unless ``target`` says otherwise)."""
+    """Decompress one ``.cvae`` file to an image (PNG unless ``target`` says otherwise), or a
+    gray volume back to its format (DICOM, NIfTI, 16-bit PNG)."""
     source = Path(source)
     default = target is None
-    target = source.with_suffix(".png") if default else Path(target)
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read '{source}': {exc.strerror or exc}") from None
+    if container.is_volume(data):
+        return _decompress_volume(codec, source, data, None if default else Path(target),
+                                  overwrite, max_pixels)
+    target = source.with_suffix(".png") if default else Path(target)
     header, _ = container.unpack(data, str(source), max_pixels)  # a damaged file: say so first
     _check_target(source, target, overwrite)
     if default and target.exists() and not _decoded_by_us(target):
@@ -126,6 +193,38 @@ def decompress_file(codec: Codec, source: str | os.PathLike,
                         "written") from None
     return Result(source, target, len(data), image.shape[0] * image.shape[1], header.quality,
                   header.effort)
+
+
+def _decompress_volume(codec: Codec, source: Path, data: bytes, target: Path | None,
+                       overwrite: bool, max_pixels: int) -> Result:
+    header, stored_meta, _ = container.read_volume_header(data, str(source), max_pixels)
+    default = target is None
+    target = volume_target(source, header.kind) if default else target
+    series = header.kind == "dicom" and dicom.parse_meta(
+        container.decompress_meta(stored_meta, str(source)))[0]
+    if series and default:
+        target = source.with_suffix("")
+    _check_target(source, target, overwrite)
+    if default and target.exists():  # beside the .cvae file: maybe the original
+        raise DataError(f"'{target}' exists (the original?): not replacing it; give the output "
+                        "name with -o")
+    if series and target.exists():
+        raise DataError(f"'{target}' exists: a series is written to a new folder; remove it or "
+                        "give another with -o")
+    gray, header = decompress_gray(codec, data, str(source), max_pixels)
+    volume = medical.volume_from_meta(header.kind, gray.meta, gray.stored(), header.offset,
+                                      header.bits)
+    lossy = None
+    if header.max_error != 0 and header.kind == "dicom":  # lossy or within ±K: say so
+        raw = volume.values.size * volume.values.dtype.itemsize
+        lossy = medical.Lossy(round(raw / len(data), 2))
+    try:
+        medical.write_volume(target, volume, volume.values, lossy)
+    except OSError as exc:
+        raise DataError(f"cannot write '{target}': {exc.strerror or exc}") from None
+    steps = container.unpack_volume(data, str(source), max_pixels)[2]
+    quality = float(np.mean([r.quality_steps for r in steps.values()])) / 16
+    return Result(source, target, len(data), volume.values.size, quality, header.effort)
 
 
 def _check_target(source: Path, target: Path, overwrite: bool) -> None:

@@ -57,8 +57,14 @@ class DataConfig(Config):
     on_error: Literal["raise", "skip"] = "raise"  # unreadable image: stop, or warn and skip
     preload: bool = False  # image folders: decode every file once and keep it in memory
     num_workers: int = 0
+    # "used": integer images divided by 2**bits - 1 for the bits they use (12-bit MRI in a
+    # 16-bit PNG spans [0, 1], as the gray codec sees it); "container": by 255 / 65535
+    value_range: Literal["container", "used"] = "container"
 
     def validate(self) -> None:
+        if self.value_range not in ("container", "used"):
+            raise ConfigError(f"data.value_range must be 'container' or 'used', got "
+                              f"{self.value_range!r}")
         check_range("data.num_workers", self.num_workers, 0, what=" (0: load in the training "
                     "process)")
         if self.size is not None:
@@ -224,7 +230,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     source = d.train if dataset is None else "in memory"
     if dataset is None:
         dataset = open_dataset(d.train, "train", size=d.size, mode=d.mode, channels=d.channels,
-                               on_error=d.on_error, preload=d.preload)
+                               on_error=d.on_error, preload=d.preload,
+                               value_range=d.value_range)
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps,
                           fabric.global_rank, fabric.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,

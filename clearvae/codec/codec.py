@@ -28,7 +28,6 @@ picture depends on except the context model's view, so blocks leave no seams.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from collections.abc import Callable
@@ -40,112 +39,13 @@ from torch import Tensor
 
 from clearvae.codec import coder, container
 from clearvae.codec.container import QUALITY_STEPS
-from clearvae.codec.context import calibration_inputs, scale_context_input
-from clearvae.codec.entropy_models import LOG_STEP, SCALE_LEVELS, SCALES
-from clearvae.codec.integer import IntegerNetwork, quantize_network
-from clearvae.codec.model import MULTIPLE, HyperpriorCodec, _gain, interpolated
+from clearvae.codec.context import scale_context_input
+from clearvae.codec.model import MULTIPLE, HyperpriorCodec, _gain
+from clearvae.codec.tables import CodingTables, build_tables, quality_grid
 from clearvae.codec.tiling import as_tensor, block_rects, pad, tile_size, tiled
 from clearvae.errors import ConfigError, DataError
 
-Y_TAIL_SIGMAS = 6.0  # y tables cover +-6 sigma (tail mass 2e-9); beyond: escape codes
 Z_MARGIN = 2  # z pixels around a block that its means and table indices see (h_s: < 2)
-
-
-@dataclass
-class CodingTables:
-    """Everything the decoder needs besides the float networks, all exactly reproducible."""
-
-    z: coder.Tables  # one table per z channel
-    y: coder.Tables  # one table per scale index
-    median: np.ndarray  # (N,) float64
-    inverse_gain_z: np.ndarray  # (R, N) float64, R = (Q - 1) * QUALITY_STEPS + 1 quality steps
-    index_offset: np.ndarray  # (R, M) int64: log(gain_y) in scale-table steps, rounded
-    scale_head: IntegerNetwork
-    context: list[IntegerNetwork]  # the scale residual of slices 1..S-1 (none without context)
-
-    def state(self) -> dict[str, Tensor]:
-        out = {f"z.{k}": torch.from_numpy(v) for k, v in _tables_state(self.z).items()}
-        out |= {f"y.{k}": torch.from_numpy(v) for k, v in _tables_state(self.y).items()}
-        out["median"] = torch.from_numpy(self.median)
-        out["inverse_gain_z"] = torch.from_numpy(self.inverse_gain_z)
-        out["index_offset"] = torch.from_numpy(self.index_offset)
-        out |= {f"scale_head.{k}": v for k, v in self.scale_head.state().items()}
-        for i, net in enumerate(self.context):
-            out |= {f"context.{i}.{k}": v for k, v in net.state().items()}
-        return out
-
-    @classmethod
-    def from_state(cls, state: dict[str, Tensor]) -> CodingTables:
-        def part(prefix: str) -> dict[str, Tensor]:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-        def tables(prefix: str) -> coder.Tables:
-            t = {k: v.numpy() for k, v in part(prefix).items()}
-            return coder.Tables(t["freqs"].astype(np.int64), t["offsets"], t["lengths"])
-
-        slices = {int(k.split(".")[1]) for k in state if k.startswith("context.")}
-        context = [IntegerNetwork.from_state(part(f"context.{i}.")) for i in range(len(slices))]
-        return cls(tables("z."), tables("y."), state["median"].numpy(),
-                   state["inverse_gain_z"].numpy(), state["index_offset"].numpy(),
-                   IntegerNetwork.from_state(part("scale_head.")), context)
-
-
-def _tables_state(t: coder.Tables) -> dict[str, np.ndarray]:
-    return {"freqs": t.freqs.astype(np.int32), "offsets": t.offsets, "lengths": t.lengths}
-
-
-@torch.no_grad()
-def build_tables(model: HyperpriorCodec, seed: int = 0) -> CodingTables:
-    """Integer tables from a trained model (run once, then stored in the model file)."""
-    model = model.eval()
-    prior = copy.deepcopy(model.z_prior).float()
-    prior.fit_quantiles()
-    lower, median, upper = prior.quantile_table().double().unbind(1)
-    pmfs, offsets = [], []
-    for c in range(len(median)):
-        lo = math.floor(lower[c] - median[c])
-        hi = math.ceil(upper[c] - median[c])
-        values = torch.arange(lo, hi + 1, dtype=torch.float32) + median[c].float()
-        p = prior.likelihood(values.view(1, 1, 1, -1).expand(1, len(median), 1, -1).contiguous())
-        pmfs.append(p[0, c, 0].double().numpy())
-        offsets.append(lo)
-    z_tables = coder.Tables.from_pmfs(pmfs, np.array(offsets))
-
-    y_pmfs, y_offsets = [], []
-    for sigma in SCALES.tolist():
-        r = math.ceil(Y_TAIL_SIGMAS * sigma) + 1
-        v = torch.arange(-r, r + 1, dtype=torch.float64)
-        cdf = 0.5 * torch.erfc(-(v + 0.5) / (sigma * math.sqrt(2)))
-        cdf_lo = 0.5 * torch.erfc(-(v - 0.5) / (sigma * math.sqrt(2)))
-        y_pmfs.append((cdf - cdf_lo).numpy())
-        y_offsets.append(-r)
-    y_tables = coder.Tables.from_pmfs(y_pmfs, np.array(y_offsets))
-
-    steps = quality_grid(model.config.qualities)  # (R,) model quality indices
-    inverse_gain_z = interpolated(model.z_inverse_gain.double(), steps).exp().numpy()  # (R, N)
-    median64 = median.numpy()
-    # Calibrate the integer scale head on ẑ drawn from the prior at every trained quality.
-    gen = np.random.default_rng(seed)
-    draws = []
-    for q in range(0, len(inverse_gain_z), QUALITY_STEPS):
-        s = np.stack([gen.choice(len(p), size=64, p=p / p.sum()) + o
-                      for p, o in zip(pmfs, offsets)])  # (N, 64)
-        draws.append(((s + median64[:, None]) * inverse_gain_z[q][:, None]).reshape(-1, 8, 8))
-    calibration = torch.from_numpy(np.stack(draws))  # (Q, N, 8, 8)
-    scale_head = quantize_network(model.h_s.scale, calibration, SCALE_LEVELS)
-    index_offset = torch.round(interpolated(model.y_gain.double(), steps) / LOG_STEP)
-    index_offset = index_offset.long().numpy()  # (R, M); see gained()
-    ctx = model.context
-    context = [] if ctx is None else [
-        quantize_network(net, calibration_inputs(k, ctx.size, seed), SCALE_LEVELS)
-        for k, net in enumerate(ctx.scales, start=1)]
-    return CodingTables(z_tables, y_tables, median64, inverse_gain_z, index_offset, scale_head,
-                        context)
-
-
-def quality_grid(qualities: int) -> Tensor:
-    """(R,) float64 model quality indices 0, 1/16, ..., Q - 1 of the coding tables' rows."""
-    return torch.arange((qualities - 1) * QUALITY_STEPS + 1, dtype=torch.float64) / QUALITY_STEPS
 
 
 def model_id(model: HyperpriorCodec, tables: CodingTables) -> bytes:
@@ -192,6 +92,16 @@ class Encoded:
         return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
+@dataclass
+class Coded:
+    """The coded streams of one image, with the integer symbols they hold."""
+
+    streams: list[container.TileStreams]
+    x_hat: Tensor | None  # (1, C, H, W) float x̂, when asked for
+    s_z: np.ndarray  # (1, N, h/4, w/4) z symbols
+    symbols: np.ndarray  # (1, M, h, w) y symbols
+
+
 Progress = Callable[[int, int, float, float], None]  # (iteration, of, est. bpp, est. PSNR)
 
 
@@ -203,6 +113,8 @@ class Codec:
         self.model = model.eval()
         if tables is not None and len(tables.index_offset) != len(quality_grid(self.qualities)):
             tables = None  # made before fractional qualities: rebuilt (a new model id)
+        if tables is not None and model.config.image_channels == 1 and tables.exact is None:
+            tables = None  # a gray model's tables made before the bounded-error modes
         self.tables = tables if tables is not None else build_tables(model)
         self.name = name
         self.id = model_id(self.model, self.tables)
@@ -266,6 +178,20 @@ class Codec:
     def encode(self, prep: Prepared, steps: int, effort: int = 0, reconstruct: bool = False,
                progress: Progress | None = None) -> Encoded:
         """Code a prepared image at quality ``steps`` / 16 with the given effort."""
+        h, w = prep.x.shape[-2:]
+        header = container.Header(prep.channels, steps, self.id, h, w,
+                                  0 if prep.tile >= max(h, w) else prep.tile, effort)
+        coded = self.code(prep, steps, effort, container.header_key(header), reconstruct,
+                          progress)
+        return Encoded(container.pack(header, coded.streams), steps / QUALITY_STEPS, effort,
+                       coded.x_hat)
+
+    @torch.no_grad()
+    def code(self, prep: Prepared, steps: int, effort: int, key: bytes,
+             reconstruct: bool = False, progress: Progress | None = None) -> Coded:
+        """The streams of each block of a prepared image at quality ``steps`` / 16, their check
+        symbols derived from the file's ``key`` (``container.block_check``), the symbols,
+        and the decoded image x̂ (1, C, H, W) when ``reconstruct``."""
         from clearvae.codec.refine import refine
 
         m, t = self.model, self.tables
@@ -279,12 +205,11 @@ class Codec:
         s_z = torch.round(z - torch.from_numpy(t.median).float()[None, :, None, None])
         s_z = s_z.double().numpy().astype(np.int64)
         h, w = prep.x.shape[-2:]
-        header = container.Header(prep.channels, steps, self.id, h, w,
-                                  0 if prep.tile >= max(h, w) else prep.tile, effort)
         rects = block_rects(*y.shape[-2:], prep.tile // 16)
         streams, y_hat = [], torch.empty_like(y) if reconstruct else None
+        symbols = np.zeros(y.shape, np.int64)
         for b, (i0, i1, j0, j1) in enumerate(rects):
-            check = container.check_bytes(header, b)
+            check = container.block_check(key, b)
             sz = s_z[..., i0 // 4 : i1 // 4, j0 // 4 : j1 // 4]
             index_z = np.broadcast_to(np.arange(sz.shape[1])[None, :, None, None], sz.shape)
             z_stream, z_esc = coder.encode(sz, index_z, t.z, check)
@@ -292,11 +217,11 @@ class Codec:
             block, parts = self._slices(means, index_y, row, y=y[..., i0:i1, j0:j1])
             y_stream, y_esc = coder.encode_parts(parts, t.y, check)
             streams.append(container.TileStreams(z_stream, z_esc, y_stream, y_esc))
+            symbols[..., i0:i1, j0:j1] = np.concatenate([sym for sym, _ in parts], 1)
             if y_hat is not None:
                 y_hat[..., i0:i1, j0:j1] = block
-        data = container.pack(header, streams)
         x_hat = None if y_hat is None else self._synthesis(y_hat, row, h, w)
-        return Encoded(data, steps / QUALITY_STEPS, effort, x_hat)
+        return Coded(streams, x_hat, s_z, symbols)
 
     def _hyper(self, s_z: np.ndarray, row: int, rect: tuple[int, int, int, int] | None = None,
                ) -> tuple[Tensor, np.ndarray]:
@@ -377,28 +302,55 @@ class Codec:
         if header.quality > self.qualities:
             raise DataError(f"'{name}' has quality {header.quality}, beyond this model's "
                             f"{self.qualities}")
-        row = header.quality_steps - QUALITY_STEPS
+        x_hat = self.decode(streams, header.quality_steps, header.height, header.width,
+                            header.tile, container.header_key(header))
+        x_hat = x_hat[0].permute(1, 2, 0).numpy()
+        if header.channels == 1:
+            x_hat = x_hat.mean(axis=2, keepdims=True)
+        return x_hat
+
+    @torch.no_grad()
+    def decode(self, streams: list[container.TileStreams], steps: int, height: int, width: int,
+               tile: int, key: bytes) -> Tensor:
+        """x̂ (1, C, height, width) in [0, 1] from the checked streams of each block, coded at
+        quality ``steps`` / 16 in blocks of ``tile`` (0: one), with check symbols from
+        ``key``; a stream that does not decode to its end and its check is a DataError."""
+        y_hat = self.decode_latents(streams, steps, height, width, tile, key)[0]
+        return self._synthesis(y_hat, steps - QUALITY_STEPS, height, width)
+
+    @torch.no_grad()
+    def decode_latents(self, streams: list[container.TileStreams], steps: int, height: int,
+                       width: int, tile: int, key: bytes,
+                       ) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        """``decode`` before g_s: the gained ŷ' (1, M, h, w), the z symbols (1, N, h/4, w/4)
+        and the y symbols (1, M, h, w)."""
+        row = steps - QUALITY_STEPS
         m = self.model
-        hp, wp = (-(-v // MULTIPLE) * MULTIPLE for v in (header.height, header.width))
-        tile = header.tile or max(hp, wp)
+        hp, wp = (-(-v // MULTIPLE) * MULTIPLE for v in (height, width))
+        tile = tile or max(hp, wp)
         rects = block_rects(hp // 16, wp // 16, tile // 16)
         n = m.config.channels_n
         s_z = np.zeros((1, n, hp // 64, wp // 64), np.int64)
-        checks = [container.check_bytes(header, b) for b in range(len(rects))]
+        checks = [container.block_check(key, b) for b in range(len(rects))]
         for s, (i0, i1, j0, j1), check in zip(streams, rects, checks):  # all z first
             shape = (1, n, (i1 - i0) // 4, (j1 - j0) // 4)
             index_z = np.broadcast_to(np.arange(n)[None, :, None, None], shape)
             s_z[..., i0 // 4 : i1 // 4, j0 // 4 : j1 // 4] = coder.decode(
                 s.z, s.z_escapes, index_z, self.tables.z, check)
         y_hat = torch.empty(1, m.config.channels_m, hp // 16, wp // 16)
+        symbols = np.zeros(y_hat.shape, np.int64)
         for s, rect, check in zip(streams, rects, checks):
             means, index_y = self._hyper(s_z, row, rect)
             decoder = coder.Decoder(s.y, s.y_escapes, self.tables.y, check)
             i0, i1, j0, j1 = rect
-            y_hat[..., i0:i1, j0:j1] = self._slices(means, index_y, row, decoder=decoder)[0]
+            y_block, parts = self._slices(means, index_y, row, decoder=decoder)
+            y_hat[..., i0:i1, j0:j1] = y_block
+            symbols[..., i0:i1, j0:j1] = np.concatenate([sym for sym, _ in parts], 1)
             decoder.finish()
-        x_hat = self._synthesis(y_hat, row, header.height, header.width)
-        x_hat = x_hat[0].permute(1, 2, 0).numpy()
-        if header.channels == 1:
-            x_hat = x_hat.mean(axis=2, keepdims=True)
-        return x_hat
+        return y_hat, s_z, symbols
+
+    def z_input(self, s_z: np.ndarray, steps: int) -> Tensor:
+        """ẑ_in = (s_z + median) · inverse gain (float64, one IEEE operation each): exact."""
+        t, row = self.tables, steps - QUALITY_STEPS
+        return torch.from_numpy((s_z + t.median[None, :, None, None])
+                                * t.inverse_gain_z[row][None, :, None, None])

@@ -239,3 +239,28 @@ def rd_loss(model: HyperpriorCodec, x: Tensor,
     return loss, metrics
 
 
+
+
+@torch.no_grad()
+def gray_from_colour(model: HyperpriorCodec, lambdas: tuple[float, ...] | None = None,
+                     ) -> HyperpriorCodec:
+    """A 1-channel codec that starts as ``model`` coding the colour image (x, x, x): g_a's
+    first convolution summed over its 3 inputs, g_s's last averaged over its 3 outputs (of
+    each sub-pixel position). ``lambdas`` (as many as the model's) replaces its qualities'
+    λ for further training, e.g. higher ones for 12-bit images coded near-losslessly."""
+    config = model.config
+    if config.image_channels != 3:
+        raise ConfigError(f"gray_from_colour takes a colour codec, got {config.image_channels} "
+                          "channel(s)")
+    lambdas = tuple(lambdas or config.lambdas)
+    if len(lambdas) != config.qualities:
+        raise ConfigError(f"give {config.qualities} lambdas (one per quality), got {len(lambdas)}")
+    gray = HyperpriorCodec(dataclasses.replace(config, image_channels=1, lambdas=lambdas))
+    state = dict(model.state_dict())
+    first, last = "g_a.net.0.weight", "g_s.net.6.0"  # (N, 3, 5, 5); Up's conv (12, N, 3, 3)
+    state[first] = state[first].sum(1, keepdim=True)
+    for k in ("weight", "bias"):
+        w = state[f"{last}.{k}"]
+        state[f"{last}.{k}"] = w.reshape(3, 4, *w.shape[1:]).mean(0)  # (c, sub-pixel) order
+    gray.load_state_dict(state)
+    return gray

@@ -18,11 +18,14 @@ from clearvae.codec.model import HyperpriorCodec
 from clearvae.errors import ModelFileError
 
 DEFAULT_MODEL = "codec-default.safetensors"
+GRAY_MODEL = "codec-mri.safetensors"  # 12/16-bit gray: DICOM, NIfTI, 16-bit PNG / TIFF
 
 
-def default_model_path() -> Path:
-    """The codec model that ships inside the package."""
-    return Path(str(resources.files("clearvae") / "weights" / DEFAULT_MODEL))
+def default_model_path(gray: bool = False) -> Path:
+    """The codec model that ships inside the package: for photos, or for gray 12/16-bit
+    (medical) images."""
+    return Path(str(resources.files("clearvae") / "weights" / (GRAY_MODEL if gray
+                                                                 else DEFAULT_MODEL)))
 
 
 def save_codec(codec: Codec, path: str | os.PathLike, info: dict | None = None) -> Path:
@@ -33,17 +36,19 @@ def save_codec(codec: Codec, path: str | os.PathLike, info: dict | None = None) 
                                 {**(info or {}), "model_id": codec.id.hex()})
 
 
-def load_codec(path: str | os.PathLike | None = None) -> Codec:
-    """A codec from a model file or training checkpoint; ``None``: the bundled default.
+def load_codec(path: str | os.PathLike | None = None, gray: bool = False) -> Codec:
+    """A codec from a model file or training checkpoint; ``None``: the bundled default (the
+    MRI codec for ``gray``: 12/16-bit gray images).
 
     The file is checked completely before use: its metadata, every weight against a model
     of its config, its coding tables (``validation``) and their model id. Anything wrong is
     one ModelFileError naming the file and what is wrong."""
     if path is None:
-        path = default_model_path()
+        path = default_model_path(gray)
         if not path.exists():
-            raise ModelFileError(f"this clearvae install has no bundled codec model ({path}): "
-                                 "train one with `clearvae train` and pass --model")
+            raise ModelFileError(f"this clearvae install has no bundled {'MRI ' if gray else ''}"
+                                 f"codec model ({path}): train one with `clearvae train` and "
+                                 "pass --model")
     loaded = checkpoint.read_file(path)
     if loaded.model_config.get("kind") != "hyperprior":
         raise ModelFileError(f"'{path}' holds a {loaded.model_config.get('kind')} model, not an "

@@ -51,8 +51,10 @@ def check_tables(tables: dict[str, Tensor], model: HyperpriorCodec, source: str)
     networks = {"scale_head": model.h_s.scale}
     if model.context is not None:
         networks |= {f"context.{k}": net for k, net in enumerate(model.context.scales)}
-    unexpected = sorted(k for k in tables if k not in expected
-                        and not k.startswith(tuple(f"{p}." for p in networks)))
+    sections = tuple(f"{p}." for p in networks)
+    if cfg.image_channels == 1:  # gray: the bounded-error modes' exact decoder and tables
+        sections += ("exact.", "residual.")
+    unexpected = sorted(k for k in tables if k not in expected and not k.startswith(sections))
     if unexpected:
         raise _error(source, f"unexpected table tensors {', '.join(unexpected[:3])} (a model "
                              f"with context_slices {slices} has "
@@ -90,6 +92,76 @@ def check_tables(tables: dict[str, Tensor], model: HyperpriorCodec, source: str)
     for prefix, net in networks.items():
         part = {k[len(prefix) + 1:]: v for k, v in tables.items() if k.startswith(prefix + ".")}
         _check_integer_network(part, net, prefix, source)
+    if any(k.startswith("residual.") for k in tables):
+        from clearvae.codec.tables import RESIDUAL_SPIKES
+
+        _check_coder_tables(tables, "residual", SCALE_LEVELS * len(RESIDUAL_SPIKES), source,
+                            symmetric=True)
+    exact = {k[6:]: v for k, v in tables.items() if k.startswith("exact.")}
+    if exact:
+        _check_exact(exact, model, rows, source)
+
+
+def _check_exact(state: dict[str, Tensor], model: HyperpriorCodec, rows: int,
+                 source: str) -> None:
+    """An ``ExactDecoder.state()`` of ``model``: its fixed-point networks layer for layer
+    those of the float ones, integers and shifts in exact range, gains finite and positive."""
+    nets = {"means": model.h_s.means, "synthesis": model.g_s}
+    if model.context is not None:
+        nets |= {f"context.{i}": net for i, net in enumerate(model.context.means)}
+    known = {"y_gain", "y_inverse_gain"}
+    for prefix, net in nets.items():
+        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        known |= {f"{prefix}.{k}" for k in part}
+        _check_fixed_network(part, net, f"exact.{prefix}", source)
+    extra = sorted(set(state) - known)
+    if extra:
+        raise _error(source, f"unexpected table tensors exact.{extra[0]}")
+    for key in ("y_gain", "y_inverse_gain"):
+        if key not in state:
+            raise _error(source, f"missing table tensors exact.{key}")
+        g = _array(state, key, (rows, model.config.channels_m), "float64", source, "exact")
+        if not (np.isfinite(g).all() and (g > 0).all()):
+            raise _error(source, f"'exact.{key}' must be finite and positive")
+
+
+def _check_fixed_network(state: dict[str, Tensor], net: nn.Module, prefix: str,
+                         source: str) -> None:
+    from clearvae.codec.exact import WEIGHT_BITS as FIXED_WEIGHT_BITS
+    from clearvae.codec.networks import GDN
+
+    leaves = [m for m in net.modules() if not list(m.children())
+              and not isinstance(m, nn.Identity)]
+    if "frac" not in state:
+        raise _error(source, f"missing table tensors {prefix}.frac")
+    frac = _array(state, "frac", (2,), "int", source, prefix)
+    if (np.abs(frac) > MAX_INPUT_BITS).any():
+        raise _error(source, f"'{prefix}.frac' is beyond +-{MAX_INPUT_BITS}")
+    for i, m in enumerate(leaves):
+        if f"{i}.meta" not in state:
+            raise _error(source, f"'{prefix}' does not match the model's {len(leaves)} layers")
+        kind, shift, shift2, upscale = (int(v) for v in _array(state, f"{i}.meta", (4,),
+                                                                 "int", source, prefix))
+        want = (0 if isinstance(m, nn.Conv2d) else 1 if isinstance(m, GDN)
+                else 2 if isinstance(m, nn.ReLU) else 3)
+        shuffle = m.upscale_factor if isinstance(m, nn.PixelShuffle) else 0
+        if kind != want or upscale != shuffle or not (0 <= shift <= MAX_SHIFT
+                                                      and 0 <= shift2 <= MAX_SHIFT):
+            raise _error(source, f"'{prefix}.{i}.meta' does not describe the model's layer {i} "
+                                 f"({type(m).__name__})")
+        if kind in (0, 1):
+            c = m.gamma_root.shape[0] if kind else 0
+            w_shape, b_shape = (tuple(m.weight.shape), m.weight.shape[:1]) if kind == 0 else (
+                (c, c), (c,))
+            for key in (f"{i}.weight", f"{i}.bias"):
+                if key not in state:
+                    raise _error(source, f"missing table tensors {prefix}.{key}")
+            w = _array(state, f"{i}.weight", w_shape, "int", source, prefix)
+            b = _array(state, f"{i}.bias", tuple(b_shape), "int", source, prefix)
+            if (np.abs(w) >= 2**FIXED_WEIGHT_BITS).any() or (np.abs(b) > MAX_BIAS).any():
+                raise _error(source, f"'{prefix}.{i}' holds integers beyond their exact range")
+    if any(k.split(".")[0].isdigit() and int(k.split(".")[0]) >= len(leaves) for k in state):
+        raise _error(source, f"'{prefix}' has more layers than the model's {len(leaves)}")
 
 
 def check_model_id(info: dict, computed: bytes, source: str) -> None:

@@ -28,17 +28,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 2**28  # refuse larger images (decompression bombs, absurd headers)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as Pillow's "L" conversion
 Mode = Literal["crop", "resize", "full"]
+ValueRange = Literal["container", "used"]
 
 
 @contextlib.contextmanager
-def opened(path: Path) -> Iterator[Image.Image]:
-    """Open ``path`` with Pillow (pixel limit checked from the header before decoding);
-    every failure inside the block, MemoryError included, becomes a DataError."""
+def opened(path: Path, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Open ``path`` with Pillow (pixel limit, MAX_PIXELS by default, checked from the header
+    before decoding); every failure inside the block, MemoryError included, becomes a DataError."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
+            if im.width * im.height > limit:
                 raise DataError(f"cannot read image '{path}': {im.width}x{im.height} is more "
-                                f"than {MAX_PIXELS} pixels; shrink or tile it first")
+                                f"than {limit} pixels; shrink or tile it first")
             yield im
     except ClearvaeError:  # ours already speaks to the user
         raise
@@ -97,16 +99,25 @@ def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
     raise ConfigError(f"channels must be 1 (gray), 3 (RGB) or None (as stored), got {channels}")
 
 
-def _decode(path: Path, channels: int | None) -> np.ndarray:
+def _decode(path: Path, channels: int | None, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``path`` to (H, W, C) uint8 or uint16 with ``channels`` channels."""
-    with opened(path) as im:
+    with opened(path, max_pixels) as im:
         bits = _source_bits(im)  # before load(), which drops the decoder's tiles
         im.load()  # decode now, inside the error translation
         return convert_channels(_pixels(path, im, bits), channels)
 
 
-def _to_float(image: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 pixels -> float32 in [0, 1] (16-bit values scaled, never truncated)."""
+def used_bits(values: np.ndarray) -> int:
+    """Bits that non-negative integer values actually use, e.g. 12 for 0..3470 (at least 1)."""
+    return max(1, int(values.max(initial=0)).bit_length())
+
+
+def _to_float(image: np.ndarray, value_range: ValueRange = "container") -> np.ndarray:
+    """uint8 / uint16 pixels -> float32 in [0, 1], divided by the container's top value (255 or
+    65535) or, ``value_range="used"``, by 2**bits - 1 for the bits the values use (a 12-bit
+    MRI slice in a 16-bit PNG spans [0, 1] as the codec sees it, not [0, 1/16])."""
+    if value_range == "used":
+        return image.astype(np.float32) / float(2 ** used_bits(image) - 1)
     return image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 65535.0)
 
 
@@ -116,6 +127,11 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
     16-bit gray files keep their 16 bits (divided by 65535); alpha is dropped, not composited.
     """
     return _to_float(_decode(Path(path), channels))
+
+
+def read_pixels(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file's pixels as stored: (H, W, C) uint8 or uint16, C = 1 or 3, unscaled."""
+    return _decode(Path(path), None, max_pixels)
 
 
 def read_image_bit_depth(path: str | os.PathLike) -> int:
@@ -150,23 +166,47 @@ def _as_hwc(array: Any, path: Path) -> np.ndarray:
     return np.clip(a.astype(np.float32), 0.0, 1.0)
 
 
+def _format(path: Path) -> str:
+    """The Pillow format that ``path``'s extension names (PNG, JPEG, ...)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"cannot tell the image format of '{path}' from its extension: "
+                        f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    return fmt
+
+
 def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8,
                 software: str | None = None) -> None:
     """Write a [0, 1] image atomically in the format its extension names (PNG, JPEG, ...);
     ``software`` goes into a PNG's "Software" text chunk."""
     path = Path(path)
     image = _as_hwc(array, path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"cannot tell the image format of '{path}' from its extension: "
-                        f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    fmt = _format(path)
     if bit_depth not in (8, 16):
         raise ConfigError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and image.shape[-1] == 3:
         raise DataError(f"cannot write '{path}' with 16 bits: Pillow writes 16-bit images in "
                         "gray only; use bit_depth=8 or a 1-channel image")
     dtype, top = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
-    pixels = np.rint(image * top).astype(dtype)
+    _save(path, fmt, np.rint(image * top).astype(dtype), software)
+
+
+def write_pixels(path: str | os.PathLike, pixels: np.ndarray, software: str | None = None) -> None:
+    """Write integer pixels unchanged, atomically: (H, W) or (H, W, 1) uint8 / uint16 gray, or
+    (H, W, 3) uint8 RGB, in the format the extension names (16 bits: PNG or TIFF)."""
+    path = Path(path)
+    a = np.asarray(pixels)
+    a = a[..., None] if a.ndim == 2 else a
+    fmt = _format(path)
+    gray16 = a.dtype == np.uint16 and a.ndim == 3 and a.shape[-1] == 1
+    if not (gray16 or (a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] in (1, 3))):
+        raise DataError(f"cannot write '{path}': write_pixels takes uint8 gray or RGB, or uint16 "
+                        f"gray, as (H, W) or (H, W, C); got {a.dtype} of shape {np.shape(pixels)}")
+    _save(path, fmt, a, software)
+
+
+def _save(path: Path, fmt: str, pixels: np.ndarray, software: str | None) -> None:
+    """Encode (H, W, C) uint8 / uint16 pixels as ``fmt`` and write them atomically."""
     im = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)  # L, I;16, RGB
     buffer = io.BytesIO()
     options = {}
@@ -178,7 +218,8 @@ def write_image(path: str | os.PathLike, array: Any, bit_depth: int = 8,
     try:
         im.save(buffer, format=fmt, **options)
     except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"cannot write '{path}' as {fmt} with {bit_depth} bits: {e}") from e
+        bits = 16 if pixels.dtype == np.uint16 else 8
+        raise DataError(f"cannot write '{path}' as {fmt} with {bits} bits: {e}") from e
     atomic_write(path, buffer.getvalue())  # temp file in the same folder, then os.replace
 
 
@@ -251,20 +292,26 @@ def split_key(key: int | tuple[int, int], length: int) -> tuple[int, int | None]
 
 
 def to_image_tensor(pixels: np.ndarray, size: tuple[int, int] | None, mode: str,
-                    seed: int | None = None) -> torch.Tensor:
+                    seed: int | None = None, value_range: ValueRange = "container",
+                    ) -> torch.Tensor:
     """(H, W, C) integer pixels -> float32 (C, H, W) tensor in [0, 1], fitted to ``size``."""
-    image = fit_to_size(_to_float(pixels).transpose(2, 0, 1), size, mode, seed)
+    image = fit_to_size(_to_float(pixels, value_range).transpose(2, 0, 1), size, mode, seed)
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """The images under a folder (recursively) as (C, H, W) float32 tensors in [0, 1]."""
+    """The images under a folder (recursively) as (C, H, W) float32 tensors in [0, 1]
+    (``value_range``: divided by the container's or the used bits' top value, ``_to_float``)."""
 
     def __init__(self, root: str | os.PathLike, size: int | tuple[int, int] | None = None,
                  mode: Mode = "crop", channels: int = 3,
-                 on_error: Literal["raise", "skip"] = "raise", preload: bool = False) -> None:
+                 on_error: Literal["raise", "skip"] = "raise", preload: bool = False,
+                 value_range: ValueRange = "container") -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        if value_range not in ("container", "used"):
+            raise ConfigError(f"value_range must be 'container' or 'used', got {value_range!r}")
+        self.value_range = value_range
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root, self.files = Path(root), list_images(root)
@@ -298,7 +345,7 @@ class ImageFolder(torch.utils.data.Dataset):
         for step in range(len(self)):  # a bad image is replaced by the next good one
             pixels = self._pixels((index + step) % len(self))
             if pixels is not None:
-                return to_image_tensor(pixels, self.size, self.mode, seed)
+                return to_image_tensor(pixels, self.size, self.mode, seed, self.value_range)
         raise DataError(f"none of the {len(self)} images under '{self.root}' can be read")
 
     def validate(self) -> list[Path]:

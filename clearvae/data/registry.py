@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from clearvae.data.images import ImageFolder, Mode
+from clearvae.data.images import ImageFolder, Mode, ValueRange
 from clearvae.data.mnist import (
     TensorImages,
     find_mnist,
@@ -30,20 +30,22 @@ KINDS = ("a folder of images, a folder with MNIST IDX files, a digits .csv or .c
 def open_dataset(spec: str, split: str = "train", *,
                  size: int | tuple[int, int] | None = None, mode: Mode = "crop",
                  channels: int | None = None, on_error: Literal["raise", "skip"] = "raise",
-                 preload: bool = False) -> torch.utils.data.Dataset:
+                 preload: bool = False, value_range: ValueRange = "container",
+                 ) -> torch.utils.data.Dataset:
     """The dataset that ``spec`` names, its images cut to ``size`` as ``mode`` says.
 
     ``spec`` is ``synthetic-digits[:N]``, a digits CSV file, a folder holding MNIST IDX
     files (``split`` picks train or t10k), or any other folder of images (RGB unless
     ``channels`` says otherwise); several of them joined by commas are used together.
-    ``on_error`` and ``preload`` (decode every file once, up front, and keep the pixels in
-    memory) apply to image folders.
+    ``on_error``, ``preload`` (decode every file once, up front, and keep the pixels in
+    memory) and ``value_range`` (``ImageFolder``) apply to image folders.
     """
     spec = str(spec)
     if "," in spec:
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         return Concat([open_dataset(p, split, size=size, mode=mode, channels=channels,
-                                    on_error=on_error, preload=preload) for p in parts])
+                                    on_error=on_error, preload=preload,
+                                    value_range=value_range) for p in parts])
     fit = {"size": size, "mode": mode, "channels": channels}
     if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
         digits = SyntheticDigits(_synthetic_count(spec))
@@ -68,7 +70,7 @@ def open_dataset(spec: str, split: str = "train", *,
     if splits:  # a parent of split folders: taking all would mix training and test images
         raise DataError(f"'{spec}' holds the split folders {', '.join(splits)}: give one of "
                         f"them, e.g. '{path / splits[0]}'")
-    return ImageFolder(path, size, mode, channels or 3, on_error, preload)
+    return ImageFolder(path, size, mode, channels or 3, on_error, preload, value_range)
 
 
 class Concat(torch.utils.data.Dataset):
