@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("cvae", "model", "image")
+KINDS = ("cvae", "model", "image", "volume", "medical")
 BAD = ("traceback", "memory", "hang", "crash")
 CLASSES = ("clean", "success", *BAD)
 KEEP = 5  # failing inputs saved per bad class
@@ -103,7 +103,83 @@ def make_seeds(out: Path) -> dict[str, list[tuple[str, bytes]]]:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     images.append(("animated.gif", buf.getvalue()))
-    return {"cvae": cvae, "model": [("codec", model_path.read_bytes())], "image": images}
+    return {"cvae": cvae, "model": [("codec", model_path.read_bytes())], "image": images,
+            "volume": _volume_seeds(out, rng), "medical": _medical_seeds()}
+
+
+def _volume_seeds(out: Path, rng: np.random.Generator) -> list[tuple[str, bytes]]:
+    """Gray-volume (format 3) files of a small gray codec, written to OUT/gray.safetensors."""
+    import torch
+
+    from clearvae.codec.codec import Codec
+    from clearvae.codec.gray import GrayVolume, compress_gray
+    from clearvae.codec.model import HyperpriorCodec, HyperpriorCodecConfig
+    from clearvae.codec.storage import save_codec
+
+    torch.manual_seed(0)
+    config = HyperpriorCodecConfig(channels_n=8, channels_m=8, context_slices=2,
+                                   image_channels=1)
+    codec = Codec(HyperpriorCodec(config).eval())
+    save_codec(codec, out / "gray.safetensors")
+    values = (np.stack([_smooth(rng, 40, 56, 1)[:, :, 0] for _ in range(2)]).astype(np.uint16)
+              * 16)  # 12 bits
+    volume = GrayVolume(values, 12, "image", "int16", -100, b"")
+    return [("lossy-q2", compress_gray(codec, volume, quality=2)),
+            ("lossless", compress_gray(codec, volume, max_error=0, quality=1)),
+            ("near-k2", compress_gray(codec, volume, max_error=2))]
+
+
+def _medical_seeds() -> list[tuple[str, bytes]]:
+    """DICOM (single and multi-frame) and NIfTI (plain and gzip) files, where installed."""
+    seeds = []
+    try:
+        from pydicom.data import get_testdata_file
+
+        for name in ("MR_small.dcm", "emri_small.dcm"):
+            path = get_testdata_file(name, download=False)
+            if path:
+                seeds.append((name, Path(path).read_bytes()))
+    except ImportError:
+        pass
+    try:
+        import gzip
+
+        from nibabel.testing import data_path
+
+        nii = (Path(data_path) / "example4d.nii.gz").read_bytes()
+        seeds += [("example4d.nii.gz", nii), ("example4d.nii", gzip.decompress(nii))]
+    except ImportError:
+        pass
+    return seeds
+
+
+def mutate_volume(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
+    """A format-3 file with a header field, a length, a byte or its end changed."""
+    from clearvae.codec import container
+
+    data = bytearray(seed)
+    op = rng.choice(["field", "field", "field", "byte", "byte", "truncate", "append"])
+    crc = rng.random() < 0.85
+    if op == "field":
+        fields = [(5, "B"), (6, "B"), (7, "B"), (8, "H"), (10, "B"), (11, "B"), (20, "i"),
+                  (24, "I"), (28, "I"), (32, "I"), (36, "H"), (38, "I")]
+        _, meta, table = container.read_volume_header(bytes(data), max_pixels=2**40)
+        fields += [(table + 4 * i, "I") for i in range(min(4, (len(data) - table) // 4))]
+        pos, code = rng.choice(fields)
+        (old,) = struct.unpack_from("<" + code, data, pos)
+        bits = 8 * struct.calcsize(code)
+        new = _interesting(rng, old & (2**bits - 1), bits)
+        struct.pack_into("<" + code.upper() if code == "i" else "<" + code, data, pos, new)
+        op = f"field@{pos}"
+    elif op == "byte":
+        data[rng.randrange(len(data) - 4)] ^= 1 << rng.randrange(8)
+    elif op == "truncate":
+        data, crc = data[:rng.randrange(len(data))], False
+    else:
+        data += rng.randbytes(rng.randint(1, 64))
+    if crc and len(data) > 4:
+        _fix_crc(data)
+    return f"volume:{op}:{'crc' if crc else 'nocrc'}", bytes(data)
 
 
 def _smooth(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
@@ -449,12 +525,15 @@ def make_case(seeds: dict, kinds: list[str], seed: int, index: int) -> Case:
     rng = random.Random(f"{seed}:{index}")
     kind = kinds[index % len(kinds)]
     name, original = rng.choice(seeds[kind])
-    suffix = {"cvae": ".cvae", "model": ".safetensors"}.get(kind) or Path(name).suffix
+    suffix = {"cvae": ".cvae", "model": ".safetensors", "volume": ".cvae"}.get(kind) or (
+        ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix)
     for _ in range(8):  # a mutation that changed nothing tests nothing: draw another
         if kind == "cvae":
             mutation, data = mutate_cvae(rng, original)
         elif kind == "model":
             mutation, data = mutate_model(rng, original)
+        elif kind == "volume":
+            mutation, data = mutate_volume(rng, original)
         else:
             mutation, data = mutate_image(rng, name, original)
         if data != original:
@@ -471,6 +550,8 @@ class Target:
         from clearvae.codec.storage import load_codec
 
         self.codec = load_codec(model_path)
+        gray = Path(model_path).with_name("gray.safetensors")
+        self.gray = load_codec(gray) if gray.exists() else None
         self.work = work
         self.picture = (np.random.default_rng(1).random((48, 40, 3)) * 255).astype(np.uint8)
 
@@ -486,8 +567,29 @@ class Target:
             if not np.isfinite(out).all():
                 raise AssertionError("decoded image holds non-finite values")
             return f"decoded {out.shape}"
+        if kind == "volume":
+            from clearvae.codec.gray import decompress_gray
+            from clearvae.data.medical import volume_from_meta
+
+            volume, header = decompress_gray(self.gray, data, name="case")
+            if header.kind != "image":  # what decompress does before writing a file
+                volume_from_meta(header.kind, volume.meta, volume.stored(), header.offset,
+                                 header.bits)
+            return f"decoded {volume.values.shape}"
         path = self.work / f"case{suffix}"
         path.write_bytes(data)
+        if kind == "medical":
+            from clearvae.codec.gray import GrayVolume, compress_gray
+            from clearvae.data.medical import read_volume, write_volume
+
+            volume = read_volume(path)
+            gray = GrayVolume(volume.unsigned(), volume.bits)
+            coded = compress_gray(self.gray, gray, quality=1) if volume.values.size < 2**20 \
+                else b""
+            written = write_volume(self.work / f"out{suffix}", volume, volume.values)
+            for f in written:
+                f.unlink()
+            return f"read {volume.values.shape}; coded {len(coded)} bytes"
         if kind == "model":
             codec = load_codec(path)
             back = codec.decompress(codec.compress(self.picture, quality=3))
@@ -702,12 +804,15 @@ def replay(path: Path, out: Path, memory_mb: int) -> int:
     traceback."""
     import resource
 
-    kind = {".cvae": "cvae", ".safetensors": "model"}.get(path.suffix, "image")
+    data = path.read_bytes()
+    kind = {".cvae": "volume" if data[4:5] == b"\x03" else "cvae", ".safetensors": "model",
+            ".dcm": "medical", ".nii": "medical", ".gz": "medical"}.get(path.suffix, "image")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     with tempfile.TemporaryDirectory() as work:
         target = Target(out / "codec.safetensors", Path(work))
         limit = _memory_in_use() + memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        cls, detail = classify(target, kind, path.read_bytes(), path.suffix)
+        cls, detail = classify(target, kind, data, suffix)
     print(f"{path}: {cls}\n{detail}")
     return int(cls in BAD)
 
@@ -718,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--out", type=Path, default=Path("fuzz-out"))
-    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: cvae,model,image")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: " + ",".join(KINDS))
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per case")
     p.add_argument("--memory-mb", type=int, default=2048,
                    help="memory a case may allocate on top of a loaded worker's")

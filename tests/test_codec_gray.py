@@ -168,3 +168,14 @@ def test_bad_options_are_refused(codec, volume):
     colour = Codec(HyperpriorCodec(dataclasses.replace(CONFIG, image_channels=3)))
     with pytest.raises(ConfigError, match="gray"):
         compress_gray(colour, volume, max_error=0)
+
+
+def test_effort_and_rate_targets_work_on_gray_volumes(codec, volume):
+    plain = compress_gray(codec, volume, quality=3)
+    refined = compress_gray(codec, volume, quality=3, effort=1)
+    back, header = decompress_gray(codec, refined)
+    assert header.effort == 1 and back.values.shape == volume.values.shape
+    assert len(refined) != len(plain)  # the refinement changed the latents
+    target = 8 * len(plain) / volume.values.size
+    data = compress_gray(codec, volume, target_bpp=target)
+    assert abs(8 * len(data) / volume.values.size / target - 1) < 0.2

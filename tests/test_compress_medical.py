@@ -112,3 +112,17 @@ def test_cli_lossless_dicom_round_trip(codec, tmp_path, capsys):  # noqa: F811
     assert np.array_equal(pydicom.dcmread(source).pixel_array,
                           pydicom.dcmread(tmp_path / "a.dcm").pixel_array)
     assert "a.dcm" in capsys.readouterr().out
+
+
+def test_training_data_can_be_dicom_and_nifti_slices(tmp_path):
+    from clearvae.data import open_dataset
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "a.dcm").write_bytes(pydicom_file("MR_small.dcm").read_bytes())
+    (tmp_path / "data" / "sub" / "b.nii.gz").write_bytes(_nifti_example().read_bytes())
+    data = open_dataset(str(tmp_path / "data"), size=(32, 32))
+    assert len(data) == 1 + 24 * 2  # MR_small's slice and example4d's 24 x 2
+    x = data[(0, 7)]
+    assert x.shape == (1, 32, 32) and 0 <= x.min() and x.max() <= 1
+    full = open_dataset(str(tmp_path / "data"), mode="full")
+    assert full[0].max() > 0.5  # divided by its own 12 bits, not 16

@@ -104,7 +104,10 @@ def _scrub(error: Exception, ds: Dataset | None) -> str:
     """An exception's message without quoted text or the dataset's text values (patient data)."""
     text = re.sub(r"b?'[^']*'|b?\"[^\"]*\"", "'…'", str(error))[:300] or type(error).__name__
     for keyword in _IDENTIFYING if ds is not None else ():
-        value = str(ds.get(keyword, "") or "")  # top level only: never loads deferred values
+        try:  # top level only: never loads deferred values
+            value = str(ds.get(keyword, "") or "")
+        except Exception:  # a damaged element (an unknown VR, say) cannot be read: nor shown
+            continue
         if len(value) >= 2:
             text = text.replace(value, "…")
     return text

@@ -186,3 +186,44 @@ def write_volume(path: str | os.PathLike, volume: Volume, values: np.ndarray,
                         f"fit {volume.stored_bits} bits; clip them first")
     images.write_pixels(path, values[0].astype(dtype))
     return [path]
+
+
+MEDICAL_FILES = (".dcm", ".nii", ".nii.gz")
+
+
+class MedicalSlices:
+    """The 2-D slices of every DICOM file and NIfTI volume under a folder (recursively), as a
+    training dataset of (1, H, W) float32 tensors in [0, 1]: each volume's unsigned values
+    divided by 2**bits - 1 for the bits it uses (as the gray codec sees them). Slices are
+    read once and kept as integers; keys are ``index`` (centre crop) or ``(index, seed)``."""
+
+    def __init__(self, root: str | os.PathLike, size: tuple[int, int] | None = None,
+                 mode: str = "crop", max_pixels: int = images.MAX_PIXELS) -> None:
+        self.root = Path(root)
+        files = sorted(p for p in self.root.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+                       and (p.name.lower().endswith(MEDICAL_FILES) or dicom.is_dicom_file(p)))
+        if not files:
+            raise DataError(f"no DICOM or NIfTI files under '{root}'")
+        self.size, self.mode = images.check_fit(size, mode), mode
+        self.slices: list[tuple[np.ndarray, int]] = []  # (H, W) uint16, bits
+        total = 0
+        for path in files:
+            volume = read_volume(path, max_pixels)
+            total += volume.values.size
+            if total > max_pixels:
+                raise DataError(f"the volumes under '{root}' hold more than {max_pixels} pixels; "
+                                "train on a smaller selection")
+            self.slices += [(s, volume.bits) for s in volume.unsigned()]
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        import torch
+
+        index, seed = images.split_key(key, len(self))
+        values, bits = self.slices[index]
+        x = (values.astype(np.float32) / float(2**bits - 1))[None]
+        x = images.fit_to_size(x, self.size, self.mode, seed)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

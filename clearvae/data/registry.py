@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from clearvae.data.images import ImageFolder, Mode, ValueRange
+from clearvae.data.images import ImageFolder, Mode, ValueRange, check_fit
 from clearvae.data.mnist import (
     TensorImages,
     find_mnist,
@@ -65,6 +65,11 @@ def open_dataset(spec: str, split: str = "train", *,
         raise DataError(f"'{spec}' holds MNIST IDX files for the {other} split but not for "
                         f"'{split}'; get them with clearvae.data.download_mnist('{spec}', "
                         f"'{split}'), or use a digits CSV file for training")
+    from clearvae.data import medical
+
+    if any(p.name.lower().endswith(medical.MEDICAL_FILES) for p in path.rglob("*")) or \
+            medical.is_medical(path):  # DICOM / NIfTI: their slices, at their own bit depth
+        return medical.MedicalSlices(path, check_fit(size, mode), mode)
     splits = sorted(p.name for p in path.iterdir()
                     if p.is_dir() and p.name.lower() in SPLIT_FOLDERS)
     if splits:  # a parent of split folders: taking all would mix training and test images
