@@ -478,12 +478,21 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
     from clearvae.restore.files import inpaint_file
     from clearvae.restore.inpaint import load_restorer
 
-    written, _ = inpaint_file(load_restorer(args.model), args.input, args.mask, args.output,
-                              samples=args.samples, iterations=args.iterations, tile=args.tile,
-                              seed=args.seed, overwrite=args.force)
+    with tqdm(desc=f"inpainting {Path(args.input).name}", unit="step", file=sys.stderr,
+              leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        written, _ = inpaint_file(load_restorer(args.model), args.input, args.mask,
+                                  args.output, samples=args.samples,
+                                  iterations=args.iterations, tile=args.tile, seed=args.seed,
+                                  overwrite=args.force, progress=progress)
     extra = f" (+ {len(written.extras)} more samples)" if written.extras else ""
     print(f"{args.input} -> {written.target}{extra}")
 

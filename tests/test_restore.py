@@ -191,7 +191,12 @@ def test_the_bundled_denoiser_loads_and_denoises():
     yy, xx = np.mgrid[0:48, 0:40] / 48
     clean = (0.3 + 0.4 * (xx > 0.5) + 0.1 * yy).astype(np.float32)
     noisy = clean + np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32) * 0.1
-    assert psnr(denoise(noisy, samples=2).mean, clean) > psnr(noisy, clean) + 3
+    two = denoise(noisy, samples=2)
+    assert psnr(two.mean, clean) > psnr(noisy, clean) + 3
+    none = denoise(noisy, samples=0)  # the estimate needs no draws: none are computed
+    assert np.array_equal(none.mean, two.mean) and not none.std.any() and two.std.any()
+    with pytest.raises(DataError, match="keep_samples"):
+        denoise(noisy, samples=0, keep_samples=True)
 
 
 def test_denoise_refuses_far_noisier_images_unless_forced():
@@ -228,7 +233,10 @@ def test_inpaint_keeps_known_pixels_and_fills_the_holes():
     image = np.random.default_rng(0).random((20, 24)).astype(np.float32)
     mask = np.zeros((20, 24), bool)
     mask[5:12, 6:15] = True
-    out = inpaint(image, mask, model, samples=2, iterations=3, tile=16)
+    calls = []
+    out = inpaint(image, mask, model, samples=2, iterations=3, tile=16,
+                  progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 12) for k in range(1, 13)]  # 2 x 2 tiles of 16, 3 iterations each
     assert out.samples.shape == (2, 20, 24)
     assert np.array_equal(out.samples[:, ~mask], np.stack([image[~mask]] * 2))
     assert not np.allclose(out.samples[0][mask], out.samples[1][mask])  # two fillings

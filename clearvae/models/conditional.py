@@ -219,8 +219,8 @@ class ConditionalDenoiser(nn.Module):
         noise."""
         size = y.shape[-2:]
         _, m, d = self._unet(y)
-        draws = []
+        draws = [m.new_zeros((0, *m.shape))]  # n = 0: the estimate alone, no draw computed
         for _ in range(n):
             s, tau, _ = self._branch(d, m, None)
-            draws.append(s + tau * torch.randn_like(s))
-        return m[..., : size[0], : size[1]], torch.stack(draws)[..., : size[0], : size[1]]
+            draws.append((s + tau * torch.randn_like(s))[None])
+        return m[..., : size[0], : size[1]], torch.cat(draws)[..., : size[0], : size[1]]

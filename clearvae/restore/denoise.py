@@ -72,7 +72,7 @@ class Denoised:
     """Arrays have the input's (H, W) or (H, W, C) shape, float32 on the [0, 1] scale."""
 
     mean: np.ndarray  # MMSE estimate, clipped to [0, 1]
-    std: np.ndarray  # per-pixel std of the posterior samples
+    std: np.ndarray  # per-pixel std of the posterior samples (0 when none were drawn)
     samples: np.ndarray | None  # (K, ...) individual posterior samples, clipped, on request
     sigma: float  # noise std of the input (0-255 scale): as given, or estimated
 
@@ -147,11 +147,16 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
             samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
             tile: int = 256, overlap: int | None = None, seed: int = 0,
             force: bool = False) -> Denoised:
-    """Denoise one image with ``samples`` posterior draws (see ``Denoised``)."""
-    if samples < 1:
-        raise DataError(f"samples must be >= 1, got {samples}")
+    """Denoise one image with ``samples`` posterior draws (see ``Denoised``). A conditional
+    model (the bundled one) gives its estimate without draws: ``samples=0`` computes none
+    (``std`` is then 0); other models average their draws, so need at least one."""
     if not isinstance(model, DenoisingVAE):
         model = load_denoiser(model)
+    least = 0 if model.config.conditional else 1
+    if not isinstance(samples, int) or samples < least:
+        raise DataError(f"samples must be an integer >= {least} for this model, got {samples!r}")
+    if keep_samples and samples < 1:
+        raise DataError("keep_samples needs samples >= 1")
     model = model.eval()
     shape = np.shape(image)
     x01, _ = as_float_image(image)
@@ -171,7 +176,10 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
             if opponent:  # (K, 3, 1, h, w): back to RGB before any statistics
                 mean, draws = from_opponent(mean), from_opponent(draws)
             # (3, B, c, h, w): the estimate and the draws' first two moments (for the spread)
-            moments = torch.stack([mean, draws.mean(0), draws.square().mean(0)])
+            if samples:
+                moments = torch.stack([mean, draws.mean(0), draws.square().mean(0)])
+            else:
+                moments = torch.stack([mean, torch.zeros_like(mean), torch.zeros_like(mean)])
             parts = [moments, draws] if keep_samples else [moments]
             return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
 

@@ -7,6 +7,7 @@ are written atomically, and never replace the input or an existing file unless a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,11 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
         _check_target(source, path, overwrite)
     image = read_image(source)  # (H, W, C) in [0, 1]
     depth = _depth(source, image.shape[-1])
+    # draws only make the std map and the samples: without them none are computed (a
+    # conditional model's estimate needs none; other models' denoise() asks for one)
+    if not (std_map or save_samples) and (model is None or getattr(
+            getattr(model, "config", None), "conditional", False)):
+        samples = 0
     result = denoise(image, model, samples=max(samples, save_samples),
                      keep_samples=save_samples > 0, sigma=sigma, tile=tile, seed=seed,
                      force=force_noise)
@@ -69,7 +75,8 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
 def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  mask: str | os.PathLike, target: str | os.PathLike | None = None, *,
                  samples: int = 1, iterations: int = 20, tile: int = 256, seed: int = 0,
-                 overwrite: bool = False) -> tuple[Written, Inpainted]:
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                 ) -> tuple[Written, Inpainted]:
     """Fill the white (nonzero) pixels of the ``mask`` image in ``source``; writes ``target``
     (default NAME_inpainted.png) and, for samples > 1, TARGET_sample{k}.png for the others."""
     source = Path(source)
@@ -80,7 +87,7 @@ def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
     image = read_image(source)
     holes = read_image(mask, channels=1)[..., 0]  # inpaint checks that the sizes match
     result = inpaint(image, holes, model, samples=samples, iterations=iterations, tile=tile,
-                     seed=seed)
+                     seed=seed, progress=progress)
     depth = _depth(source, image.shape[-1])
     write_image(target, result.samples[0], depth)
     for k, path in enumerate(extras, start=1):

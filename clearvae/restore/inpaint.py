@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from clearvae.restore.denoise import (
     to_planes,
     uses_opponent_planes,
 )
-from clearvae.restore.tiles import tiled
+from clearvae.restore.tiles import starts, tiled
 
 
 @dataclasses.dataclass
@@ -142,8 +143,9 @@ def noise_schedule(model: torch.nn.Module, iterations: int) -> Tensor | None:
 @torch.no_grad()
 def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | None = None, *,
             samples: int = 1, iterations: int = 20, tile: int = 256, overlap: int | None = None,
-            seed: int = 0) -> Inpainted:
-    """Fill ``mask`` (True / nonzero: unknown) in ``image`` with ``samples`` posterior draws."""
+            seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Inpainted:
+    """Fill ``mask`` (True / nonzero: unknown) in ``image`` with ``samples`` posterior draws;
+    ``progress`` gets (steps done, steps) after each iteration of each tile."""
     if samples < 1 or iterations < 1:
         raise DataError(f"samples and iterations must be >= 1, got {samples}, {iterations}")
     if not isinstance(model, torch.nn.Module):
@@ -158,6 +160,9 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
     start = smooth_fill(x, holes)
     sigmas = noise_schedule(model, iterations)
     device = next(model.parameters()).device
+    overlap = min(32, tile // 4) if overlap is None else overlap
+    tiles = len(starts(x.shape[-2], tile, overlap)) * len(starts(x.shape[-1], tile, overlap))
+    done = [0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
 
@@ -169,6 +174,9 @@ def inpaint(image: Any, mask: Any, model: torch.nn.Module | str | os.PathLike | 
                 noisy = current if sigmas is None else current + sigmas[t] * torch.randn_like(
                     current)
                 current = torch.where(m, _draw(model, noisy), known)
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], tiles * iterations)
             return current.cpu()
 
         out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)  # (S B, c, H, W)
