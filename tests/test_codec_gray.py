@@ -61,11 +61,14 @@ def test_bounded_error_holds_for_every_value(codec, volume, k):
     assert header.max_error == k and back.bits == 12
 
 
-def test_lossless_is_smaller_than_the_raw_values_and_picks_a_quality(codec, volume):
+def test_lossless_is_smaller_than_the_raw_values_and_picks_the_best_quality(codec, volume):
     data = compress_gray(codec, volume, max_error=0)
     assert len(data) < volume.values.size * 12 / 8
     _, _, records = container.unpack_volume(data)
-    assert all(16 <= r.quality_steps <= 16 * codec.qualities for r in records.values())
+    assert all(r.quality_steps == 0 or 16 <= r.quality_steps <= 16 * codec.qualities
+               for r in records.values())  # 0: no lossy layer
+    for q in (2, 8):  # the search found no worse than these fixed qualities
+        assert len(data) <= len(compress_gray(codec, volume, max_error=0, quality=q))
     back, _ = decompress_gray(codec, data)
     assert np.array_equal(back.values, volume.values)
 

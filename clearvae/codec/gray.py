@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 from clearvae.codec import container, residual
-from clearvae.codec.codec import Codec, Progress
+from clearvae.codec.codec import Codec, Prepared, Progress
 from clearvae.codec.container import QUALITY_STEPS, SliceRecord, VolumeHeader
 from clearvae.codec.tiling import tile_size
 from clearvae.errors import ConfigError, DataError
 
 MAX_ERROR = 1 << 15  # largest K: beyond it the residual is nothing but a worse lossy code
+REPROBE = 16  # bounded error: every 16th slice searches all qualities, the others near the last
 
 
 @dataclass(frozen=True)
@@ -89,24 +90,31 @@ def compress_gray(codec: Codec, volume: GrayVolume, quality: float | None = None
             raise DataError(f"max_bytes {max_bytes} cannot hold even the header and metadata "
                             f"of this file ({fixed} bytes)")
         given = {"max_bytes": container.overhead(header.tile_count()) + budget // s - 2}
-    records = []
+    records: list[SliceRecord] = []
     for i in range(s):
         x = values[i].astype(np.float32) / float(2**bits - 1)
-        prep = codec.prepare(x, tile)
+        prepared: list[Prepared] = []
+
+        def prepare(x: np.ndarray = x, prepared: list[Prepared] = prepared) -> Prepared:
+            if not prepared:  # g_a runs only for slices that get a lossy layer
+                prepared.append(codec.prepare(x, tile))
+            return prepared[0]
+
         slice_key = key + struct.pack("<I", i)
         if given:
-            steps = _search(codec, prep, effort, given, refine_progress, max_bytes, values,
+            steps = _search(codec, prepare(), effort, given, refine_progress, max_bytes, values,
                             bits, tile, fixed if max_bytes is not None else 0)
         elif max_error is None or quality is not None:
             steps = codec.quality_steps(4 if quality is None else quality)
         else:
             steps = None
         if max_error is None:
-            coded = codec.code(prep, steps, effort, slice_key, progress=refine_progress)
+            coded = codec.code(prepare(), steps, effort, slice_key, progress=refine_progress)
             records.append(SliceRecord(steps, coded.streams))
-        else:
-            records.append(_bounded_record(codec, prep, values[i], bits, max_error, steps,
-                                           effort, slice_key, refine_progress))
+        else:  # a full quality search every REPROBE slices, else around the last choice
+            hint = records[-1].quality_steps if i % REPROBE else None
+            records.append(_bounded_record(codec, prepare, values[i], bits, max_error, steps,
+                                           effort, slice_key, refine_progress, hint))
         if progress is not None:
             progress(i + 1, s)
     data = container.pack_volume(header, meta, records)
@@ -213,11 +221,12 @@ def _prediction(codec: Codec, s_z: np.ndarray, symbols: np.ndarray, steps: int,
     return torch.floor(x.clamp(0, 1) * top + 0.5).long().numpy()
 
 
-def _bounded_record(codec: Codec, prep, values: np.ndarray, bits: int, k: int,
-                    steps: int | None, effort: int, key: bytes,
-                    progress: Progress | None) -> SliceRecord:
+def _bounded_record(codec: Codec, prepare: Callable[[], Prepared], values: np.ndarray,
+                    bits: int, k: int, steps: int | None, effort: int, key: bytes,
+                    progress: Progress | None, hint: int | None = None) -> SliceRecord:
     """The smallest record of one slice within ±k: at ``steps``, or the best quality step
-    found by a coarse-to-fine search over the codec's qualities."""
+    (0: no lossy layer) found by a coarse-to-fine search over the codec's qualities, or
+    around ``hint`` (the choice for the slice before: neighbouring slices are alike)."""
     top = 2**bits - 1
     h, w = values.shape
     check = container.block_check(key, 1 << 31)
@@ -227,7 +236,7 @@ def _bounded_record(codec: Codec, prep, values: np.ndarray, bits: int, k: int,
         if s not in tried:
             p, blocks = None, []
             if s:
-                coded = codec.code(prep, s, effort, key, progress=progress)
+                coded = codec.code(prepare(), s, effort, key, progress=progress)
                 p = _prediction(codec, coded.s_z, coded.symbols, s, (h, w), top)
                 blocks = coded.streams
             params, streams = residual.encode(values, top, k, p, codec.tables.residual, check)
@@ -240,11 +249,16 @@ def _bounded_record(codec: Codec, prep, values: np.ndarray, bits: int, k: int,
 
     if steps is not None:
         return record(steps)
-    # no lossy layer, then the codec's qualities coarse to fine: the smallest record wins
     top_steps = codec.qualities * QUALITY_STEPS
-    candidates = [0, top_steps // 2, top_steps]
+    if hint == 0:  # the slice before had no use for a lossy layer: nor has this one, likely
+        return record(0)
+    if hint is not None:
+        candidates, steps_around = [0, hint], (QUALITY_STEPS // 2,)
+    else:  # no lossy layer, then the codec's qualities coarse to fine
+        candidates, steps_around = [0, top_steps // 2, top_steps], (2 * QUALITY_STEPS,
+                                                                   QUALITY_STEPS)
     best = min(candidates, key=size)
-    for step in (2 * QUALITY_STEPS, QUALITY_STEPS) if best else ():
+    for step in steps_around if best else ():
         around = [s for s in (best - step, best + step) if QUALITY_STEPS <= s <= top_steps]
         best = min([best, *around], key=size)
     return record(best)

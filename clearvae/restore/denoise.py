@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,12 @@ def check_noise_level(model: DenoisingVAE, sigma: float) -> None:
 def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *,
             samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
             tile: int = 256, overlap: int | None = None, seed: int = 0,
-            force: bool = False) -> Denoised:
+            force: bool = False, progress: Callable[[int, int], None] | None = None,
+            ) -> Denoised:
     """Denoise one image with ``samples`` posterior draws (see ``Denoised``). A conditional
     model (the bundled one) gives its estimate without draws: ``samples=0`` computes none
-    (``std`` is then 0); other models average their draws, so need at least one."""
+    (``std`` is then 0); other models average their draws, so need at least one.
+    ``progress`` gets (tiles done, tiles) after each tile."""
     if not isinstance(model, DenoisingVAE):
         model = load_denoiser(model)
     least = 0 if model.config.conditional else 1
@@ -183,7 +186,7 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
             parts = [moments, draws] if keep_samples else [moments]
             return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
 
-        out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap)
+        out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap, progress)
     out = out.view(-1, *x.shape)  # (3 [+ K], B, c, H, W)
     mean, first, second = out[0], out[1], out[2]
     std = (second - first.square()).clamp_min(0).sqrt()

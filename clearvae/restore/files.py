@@ -45,7 +45,8 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  target: str | os.PathLike | None = None, *, samples: int = 8,
                  save_samples: int = 0, std_map: bool = False, sigma: float | None = None,
                  tile: int = 256, seed: int = 0, force_noise: bool = False,
-                 overwrite: bool = False) -> tuple[Written, Denoised]:
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                 ) -> tuple[Written, Denoised]:
     """Denoise one file to ``target`` (default: NAME_denoised.png beside it); on request also
     NAME_std.png (per-pixel std, on the image's [0, 1] scale) and NAME_sample{k}.png."""
     source = Path(source)
@@ -63,7 +64,7 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
         samples = 0
     result = denoise(image, model, samples=max(samples, save_samples),
                      keep_samples=save_samples > 0, sigma=sigma, tile=tile, seed=seed,
-                     force=force_noise)
+                     force=force_noise, progress=progress)
     write_image(target, result.mean, depth)
     if std_map:
         write_image(extras[0], result.std.clip(0, 1), depth)

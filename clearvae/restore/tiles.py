@@ -39,9 +39,11 @@ def _ramp(n: int, overlap: int, before: bool, after: bool) -> Tensor:
 
 
 def tiled(fn: Callable[[int, int, int, int], Tensor], height: int, width: int,
-          tile: int = 256, overlap: int | None = None) -> Tensor:
+          tile: int = 256, overlap: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Blend ``fn`` over tiles of a (H, W) image; ``fn`` returns (N, C, h, w) for its tile.
-    ``overlap`` None: a quarter of the tile, at most 32 pixels."""
+    ``overlap`` None: a quarter of the tile, at most 32 pixels. ``progress`` gets (tiles done,
+    tiles) after each tile."""
     if overlap is None:
         overlap = min(32, tile // 4)
     if tile < 16 or not 0 <= overlap < tile // 2:
@@ -61,4 +63,6 @@ def tiled(fn: Callable[[int, int, int, int], Tensor], height: int, width: int,
                 total = torch.zeros(*out.shape[:2], height, width)
             total[..., y0:y1, x0:x1] += out * w
             weight[y0:y1, x0:x1] += w
+            if progress is not None:
+                progress(i * len(xs) + j + 1, len(ys) * len(xs))
     return total / weight
