@@ -179,6 +179,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=8)
     s.add_argument("-o", "--output", default="interpolation.png")
     s.set_defaults(func=cmd_interpolate)
+
+    s = sub.add_parser("serve", help="serve the library over HTTP (a REST API; needs the "
+                       "serve extra)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "%(default)s: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    s.add_argument("--models", help="folder of model files (*.safetensors) offered by name "
+                   "besides the bundled ones")
+    s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /api (default: "
+                   "the CLEARVAE_TOKEN environment variable; none: no token)")
+    s.add_argument("--workers", type=int, help="jobs computed at once (default: cores, at "
+                   "most 2)")
+    s.add_argument("--queue", type=int, default=8, help="jobs that may wait; more are "
+                   "refused with 429 (default %(default)s)")
+    s.add_argument("--max-upload-mb", type=float, default=32, help="largest request body "
+                   "(default %(default)s)")
+    s.add_argument("--max-pixels", type=int, default=2**22, help="largest image, checked from "
+                   "its header (default %(default)s, 2048 x 2048)")
+    s.add_argument("--timeout", type=float, default=120, help="seconds a request or job may "
+                   "take before it is cancelled (default %(default)s)")
+    s.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="web origins "
+                   "allowed to call the API from a browser (default: none, CORS off)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 
@@ -495,6 +518,31 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
                                   overwrite=args.force, progress=progress)
     extra = f" (+ {len(written.extras)} more samples)" if written.extras else ""
     print(f"{args.input} -> {written.target}{extra}")
+
+
+def serve_settings(args: argparse.Namespace) -> Any:
+    """The service's settings from ``clearvae serve``'s flags (the token also from the
+    environment)."""
+    import os
+
+    from clearvae.service.settings import TOKEN_ENV, ServiceSettings, default_workers
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    return ServiceSettings(
+        host=args.host, port=args.port, models=Path(args.models) if args.models else None,
+        token=token, workers=args.workers if args.workers is not None else default_workers(),
+        queue=args.queue, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        timeout=args.timeout, cors=tuple(args.cors))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = serve_settings(args)
+    try:
+        from clearvae.service.server import serve
+    except ImportError as exc:
+        raise ConfigError(f"clearvae serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'clearvae[serve]'") from None
+    serve(settings)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -34,6 +34,7 @@ from clearvae.errors import ConfigError
 from clearvae.generate import interpolation_strip, sample_grid, to_tensor
 from clearvae.models import VAE
 from clearvae.restore.files import denoise_file, inpaint_file
+from clearvae.service.errors import ServiceError
 from clearvae.service.jobs import Job, Outcome
 
 # denoise and inpaint seed torch's global generator (fork_rng + manual_seed): two of them at
@@ -127,8 +128,12 @@ def inpaint(job: Job, model: torch.nn.Module, source: Path, mask: Path, iteratio
 
 
 def sample(job: Job, model: VAE, folder: Path, n: int, temperature: float, seed: int,
-           size: tuple[int, int] | None) -> Outcome:
-    """``clearvae sample``: a grid of ``n`` samples as a PNG."""
+           size: tuple[int, int] | None, max_pixels: int) -> Outcome:
+    """``clearvae sample``: a grid of ``n`` samples as a PNG (at most ``max_pixels`` in all)."""
+    h, w = size or model.config.image_size
+    if n * h * w > max_pixels:
+        raise ServiceError(413, f"{n} samples of {h}x{w} are {n * h * w} pixels, more than "
+                           f"this server's limit of {max_pixels}", {"limit_pixels": max_pixels})
     job.report(0.0, "sampling")
     target = folder / "samples.png"
     write_image(target, sample_grid(model, n, temperature, seed, size))

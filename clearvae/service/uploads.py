@@ -1,5 +1,5 @@
-"""What comes in: the request body's size, the private folder of a job, and uploaded files
-checked from their headers before anything decodes them.
+"""Uploaded files: the private folder of a job, and images and ``.cvae`` files checked from
+their headers before anything decodes them.
 
 Uploads never use the client's file name: each is written as its form field's name (``image``,
 ``mask``, ``file``, ...) in a private temporary folder (mode 0700) that is removed when the
@@ -11,14 +11,12 @@ layer (``clearvae.data.images.opened``) from their header, so a PNG whose header
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearvae.codec import container
 from clearvae.data.images import opened
@@ -29,60 +27,26 @@ SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP"
 ANY_SIZE = container.MAX_SIDE**2  # headers are read with this limit, then held to ours
 
 
-class BodyLimit:
-    """ASGI middleware: refuse a request body over ``max_bytes`` with 413 JSON, from its
-    Content-Length at once or while it streams in, before the app parses any of it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
-        chunks, size, more = [], 0, True
-        while more:  # the body, at most max_bytes of it, in memory
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send)
-            more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: only a disconnect can come
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Send) -> None:
-        limit = self.max_bytes
-        body = json.dumps({"error": f"the request is larger than this server's limit of "
-                           f"{limit / 2**20:g} MB: send a smaller file",
-                           "detail": {"limit_bytes": limit}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-
 class Workdir:
-    """A private temporary folder for one job's inputs and outputs."""
+    """A private temporary folder for one job's inputs and outputs: removed when the ``with``
+    block ends, unless a job took it over (``keep``; the job queue removes it then)."""
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="clearvae-service-"))  # mode 0700
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.kept:
+            self.remove()
 
 
 @dataclass(frozen=True)
@@ -120,23 +84,22 @@ def save_image(folder: Path, field: str, data: bytes, max_pixels: int) -> Checke
     return Checked(path, width, height)
 
 
-def save_cvae(folder: Path, field: str, data: bytes, max_pixels: int,
-              ) -> tuple[Path, bytes, str]:
-    """Write an uploaded ``.cvae`` file as ``folder/field.cvae`` after checking its header
-    (400 when damaged or not one; 413 when it claims more than ``max_pixels`` pixels; 415 for
-    volumes that decode to DICOM or NIfTI). Returns the path, the model id that coded it and
-    what it decodes to: "image" (8-bit) or "gray" (a 16-bit PNG)."""
+def save_cvae(folder: Path, field: str, data: bytes, max_pixels: int) -> tuple[Path, bytes]:
+    """Write an uploaded ``.cvae`` file as ``folder/field.cvae`` after checking its header,
+    stream table and checksum (400 when damaged or not one; 413 when it claims more than
+    ``max_pixels`` pixels; 415 for volumes that decode to DICOM or NIfTI, which this server
+    does not write). Returns the path and the id of the model that coded it."""
     try:
         if container.is_volume(data):
-            header, _, _ = container.read_volume_header(data, field, ANY_SIZE)
-            pixels, what = header.slices * header.height * header.width, "gray"
+            header, _, _ = container.unpack_volume(data, field, ANY_SIZE)
+            pixels = header.slices * header.height * header.width
             if header.kind != "image" or header.slices != 1:
                 raise ServiceError(415, f"'{field}' holds a {header.kind} volume of "
                                    f"{header.slices} slices: this server decodes images; "
                                    "decode it with `clearvae decompress`")
         else:
-            header = container.read_header(data, field, ANY_SIZE)
-            pixels, what = header.height * header.width, "image"
+            header, _ = container.unpack(data, field, ANY_SIZE)
+            pixels = header.height * header.width
     except DataError as exc:
         raise ServiceError(400, str(exc)) from None
     if pixels > max_pixels:
@@ -144,7 +107,7 @@ def save_cvae(folder: Path, field: str, data: bytes, max_pixels: int,
                            f"limit of {max_pixels}", {"limit_pixels": max_pixels})
     path = folder / f"{field}.cvae"
     path.write_bytes(data)
-    return path, header.model_id, what
+    return path, header.model_id
 
 
 def _formats() -> str:
