@@ -10,12 +10,10 @@ loads to the same id and that a Kodak crop codes to the same bytes as the rounde
 
 import argparse
 
-import numpy as np
-from PIL import Image
-
 from clearvae import checkpoint
 from clearvae.codec.codec import Codec
 from clearvae.codec.storage import load_codec
+from clearvae.data import read_image
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("source", help="model file or training checkpoint")
@@ -35,7 +33,9 @@ tensors |= {f"tables.{k}": v for k, v in codec.tables.state().items()}
 checkpoint.save_file(args.target, "model", tensors, model.config.to_dict(), info)
 
 back = load_codec(args.target)
-image = np.asarray(Image.open(args.image).convert("RGB"))[:256, :256]
+channels = model.config.image_channels  # a gray (MRI) codec checks a gray crop
+image = read_image(args.image, channels=channels)[:256, :256]
+image = image[..., 0] if channels == 1 else image
 same = back.compress(image, quality=4) == codec.compress(image, quality=4)
 print(f"wrote {args.target}: model id {back.id.hex()} (expected {codec.id.hex()}), "
       f"same bytes on a 256x256 crop: {same}")

@@ -1,8 +1,8 @@
 """The bounded-error residual coder: every value within ±K of the original (K = 0: lossless).
 
 Each value v is predicted from what the decoder already has: its reconstructed causal
-neighbours (left L, LL; above U, UU, UL, UR, URR) and, when the slice has a lossy layer, the
-exact decoder's picture p around it (p, and p left, right, above, below)::
+neighbours (left L, LL; above U, UU, UL, UR, URR, ULL, UUL, UUR) and, when the slice has a
+lossy layer, the exact decoder's picture p around it (p, and p left, right, above, below)::
 
     pred = clamp(⌊(Σ_i w_i n_i + 128) / 256⌋, 0, top)      w_i: integers, fitted per slice
     q    = sign(e) ⌊(|e| + K) / (2K + 1)⌋,  e = v - pred     (JPEG-LS's near-lossless step)
@@ -31,7 +31,7 @@ CONTEXTS = 16
 UNIT = 256  # weights in 1/256
 MAX_WEIGHT = 2**15 - 1
 MAX_BIAS = 2**15 - 1  # per-context bias of q
-CAUSAL = ("L", "LL", "U", "UU", "UL", "UR", "URR")
+CAUSAL = ("L", "LL", "U", "UU", "UL", "UR", "URR", "ULL", "UUL", "UUR")
 LOSSY = ("p", "pL", "pR", "pU", "pD")
 
 
@@ -86,6 +86,10 @@ def _regressors(r: np.ndarray, i: int, p: np.ndarray | None) -> dict[str, np.nda
     out["UL"] = np.concatenate([up[:1], up[:-1]]) if i >= 1 else up
     out["UR"] = np.concatenate([up[1:], up[-1:]]) if i >= 1 else up
     out["URR"] = np.concatenate([out["UR"][1:], out["UR"][-1:]])
+    out["ULL"] = np.concatenate([out["UL"][:1], out["UL"][:-1]])
+    uu = out["UU"]
+    out["UUL"] = np.concatenate([uu[:1], uu[:-1]])
+    out["UUR"] = np.concatenate([uu[1:], uu[-1:]])
     if p is not None:
         e = np.pad(p, 1, mode="edge")
         out |= {"p": p[i], "pL": e[i + 1, :-2], "pR": e[i + 1, 2:], "pU": e[i, 1:-1],
