@@ -182,3 +182,17 @@ def test_effort_and_rate_targets_work_on_gray_volumes(codec, volume):
     target = 8 * len(plain) / volume.values.size
     data = compress_gray(codec, volume, target_bpp=target)
     assert abs(8 * len(data) / volume.values.size / target - 1) < 0.2
+
+
+def test_edited_record_quality_or_residual_parameters_are_found(codec, volume):
+    """Fields outside the header, edited with the CRC recomputed: the check symbols (which
+    derive from the record's quality and the residual's parameters too) notice."""
+    data = compress_gray(codec, volume, max_error=0, quality=3)
+    _, meta, table = container.read_volume_header(data)
+    first = table + 4 * volume.values.shape[0]  # slice 0's record: quality, then parameters
+    for offset in (0, 3 + 2):  # the quality steps; the first predictor weight
+        edited = bytearray(data)
+        edited[first + offset] ^= 0x01
+        edited[-4:] = struct.pack("<I", zlib.crc32(bytes(edited[:-4])))
+        with pytest.raises(DataError):
+            decompress_gray(codec, bytes(edited))

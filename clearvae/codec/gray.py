@@ -109,7 +109,8 @@ def compress_gray(codec: Codec, volume: GrayVolume, quality: float | None = None
         else:
             steps = None
         if max_error is None:
-            coded = codec.code(prepare(), steps, effort, slice_key, progress=refine_progress)
+            coded = codec.code(prepare(), steps, effort, _record_key(slice_key, steps),
+                               progress=refine_progress)
             records.append(SliceRecord(steps, coded.streams))
         else:  # a full quality search every REPROBE slices, else around the last choice
             hint = records[-1].quality_steps if i % REPROBE else None
@@ -149,8 +150,9 @@ def decompress_gray(codec: Codec, data: bytes, name: str = "input",
         shape = (header.height, header.width)
         p = None
         if record.quality_steps:
-            y_hat, s_z, symbols = codec.decode_latents(record.blocks, record.quality_steps,
-                                                       *shape, header.tile, slice_key)
+            y_hat, s_z, symbols = codec.decode_latents(
+                record.blocks, record.quality_steps, *shape, header.tile,
+                _record_key(slice_key, record.quality_steps))
             if header.max_error is None:
                 x_hat = codec._synthesis(y_hat, record.quality_steps - QUALITY_STEPS, *shape)
                 out[n] = np.clip(np.rint(x_hat[0].mean(0).double().numpy() * top), 0, top)
@@ -158,7 +160,7 @@ def decompress_gray(codec: Codec, data: bytes, name: str = "input",
             p = _prediction(codec, s_z, symbols, record.quality_steps, shape, top)
         out[n] = residual.decode(record.params, record.residual, shape, top,
                                  header.max_error, p, codec.tables.residual,
-                                 container.block_check(slice_key, 1 << 31))
+                                 _residual_check(_record_key(slice_key, record.quality_steps)))
     volume = GrayVolume(out, header.bits, header.kind, header.dtype, header.offset,
                         container.decompress_meta(meta, name))
     return volume, header
@@ -182,6 +184,17 @@ def _search(codec: Codec, prep, effort: int, given: dict, progress: Progress | N
             0, b"").streams) for v in values)
     raise DataError(f"cannot fit the volume in {max_bytes} bytes: the smallest file for it "
                     f"is about {smallest} bytes (quality 1)") from None
+
+
+def _record_key(slice_key: bytes, steps: int) -> bytes:
+    """What a slice record's check symbols derive from: the header, the metadata, the slice
+    number and the record's quality (so that an edited quality is found too)."""
+    return slice_key + struct.pack("<H", steps)
+
+
+def _residual_check(key: bytes) -> Callable[[bytes], bytes]:
+    """The residual stream's check symbols, from the record's key and its parameters."""
+    return lambda params: container.block_check(key + params, 1 << 31)
 
 
 def _check_volume(codec: Codec, volume: GrayVolume, max_error: int | None,
@@ -229,17 +242,17 @@ def _bounded_record(codec: Codec, prepare: Callable[[], Prepared], values: np.nd
     around ``hint`` (the choice for the slice before: neighbouring slices are alike)."""
     top = 2**bits - 1
     h, w = values.shape
-    check = container.block_check(key, 1 << 31)
     tried: dict[int, SliceRecord] = {}
 
     def record(s: int) -> SliceRecord:
         if s not in tried:
             p, blocks = None, []
             if s:
-                coded = codec.code(prepare(), s, effort, key, progress=progress)
+                coded = codec.code(prepare(), s, effort, _record_key(key, s), progress=progress)
                 p = _prediction(codec, coded.s_z, coded.symbols, s, (h, w), top)
                 blocks = coded.streams
-            params, streams = residual.encode(values, top, k, p, codec.tables.residual, check)
+            params, streams = residual.encode(values, top, k, p, codec.tables.residual,
+                                              _residual_check(_record_key(key, s)))
             tried[s] = SliceRecord(s, blocks, streams, params)
         return tried[s]
 

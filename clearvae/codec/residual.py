@@ -21,6 +21,7 @@ computes is an integer, so the values come out the same on any machine.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,8 +37,9 @@ LOSSY = ("p", "pL", "pR", "pU", "pD")
 
 
 def encode(values: np.ndarray, top: int, k: int, p: np.ndarray | None, tables: coder.Tables,
-           check: bytes) -> tuple[bytes, tuple[bytes, bytes]]:
-    """(params, (stream, escapes)) of one slice (H, W) of integers in 0..top."""
+           check: Callable[[bytes], bytes]) -> tuple[bytes, tuple[bytes, bytes]]:
+    """(params, (stream, escapes)) of one slice (H, W) of integers in 0..top; the stream ends
+    in the check symbols ``check(params)`` (so that edited parameters are found)."""
     v = values.astype(np.int64)
     weights = _fit(v, p)
     # each context's bias (JPEG-LS's bias cancellation): the median error of the unbiased
@@ -55,14 +57,16 @@ def encode(values: np.ndarray, top: int, k: int, p: np.ndarray | None, tables: c
     for j in range(CONTEXTS):
         if (c == j).any():
             choice[j] = int(np.argmin(table_costs(q[c == j], tables)))
-    stream = coder.encode_parts([(q_i, choice[c_i]) for q_i, c_i in zip(q, c)], tables, check)
     params = struct.pack(f"<B{len(weights)}h{CONTEXTS}H{CONTEXTS}h", len(weights), *weights,
                          *choice, *bias)
+    stream = coder.encode_parts([(q_i, choice[c_i]) for q_i, c_i in zip(q, c)], tables,
+                                check(params))
     return params, stream
 
 
 def decode(params: bytes, streams: tuple[bytes, bytes], shape: tuple[int, int], top: int,
-           k: int, p: np.ndarray | None, tables: coder.Tables, check: bytes) -> np.ndarray:
+           k: int, p: np.ndarray | None, tables: coder.Tables,
+           check: Callable[[bytes], bytes]) -> np.ndarray:
     """The slice's values (H, W) int64 from its params and residual streams."""
     n = len(CAUSAL) + 1 + (len(LOSSY) if p is not None else 0)
     if len(params) != 1 + 2 * n + 4 * CONTEXTS or params[0] != n:
@@ -71,7 +75,7 @@ def decode(params: bytes, streams: tuple[bytes, bytes], shape: tuple[int, int], 
     weights, table, bias = fields[:n], fields[n : n + CONTEXTS], fields[n + CONTEXTS :]
     if (table >= len(tables.lengths)).any() or (np.abs(bias) > MAX_BIAS).any():
         raise DataError("corrupt compressed file (residual table index or bias)")
-    decoder = coder.Decoder(*streams, tables, check)
+    decoder = coder.Decoder(*streams, tables, check(params))
     rows = _reconstruct(np.zeros(shape, np.int64), top, k, p, weights, bias,
                         q_rows=lambda c: decoder.decode(table[c]))
     decoder.finish()

@@ -161,18 +161,18 @@ def _check_format(name: str, ds: Dataset) -> None:
 
 def _pixels(name: str, ds: Dataset) -> np.ndarray:
     """(F, H, W) stored values of a dataset, native byte order; PixelData dropped after."""
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and syntax.is_compressed:
-        try:
-            decoder = get_decoder(syntax)
-            missing = [] if decoder.is_available else decoder.missing_dependencies
-        except NotImplementedError:
-            missing = ["no pixel-data plugin decodes it"]
-        if missing:
-            raise DataError(f"cannot decode '{name}': its pixel data is {syntax.name}, and "
-                            f"{'; '.join(missing)}; install a plugin, or convert the file to "
-                            "an uncompressed transfer syntax")
-    with _reading(name, ds):
+    with _reading(name, ds):  # a damaged file meta (a UID that is no syntax) included
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if syntax is not None and syntax.is_compressed:
+            try:
+                decoder = get_decoder(syntax)
+                missing = [] if decoder.is_available else decoder.missing_dependencies
+            except NotImplementedError:
+                missing = ["no pixel-data plugin decodes it"]
+            if missing:
+                raise DataError(f"cannot decode '{name}': its pixel data is {syntax.name}, "
+                                f"and {'; '.join(missing)}; install a plugin, or convert the "
+                                "file to an uncompressed transfer syntax")
         a = ds.pixel_array  # stored values: no rescale, no VOI LUT, no MONOCHROME1 inversion
     shape = (_frames(ds), ds.Rows, ds.Columns)
     if a.size != np.prod(shape) or a.dtype.itemsize != _dtype(ds).itemsize:

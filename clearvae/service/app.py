@@ -21,7 +21,8 @@ Endpoints (all /api ones need the token when one is set; OpenAPI at /docs):
 
 Every error is ``{"error": ..., "detail": ...}`` with its status (``errors``); unexpected ones
 are logged here and answered with a 500 that carries no trace. ``/`` serves
-``static/index.html`` when the package has one (the web page), else a placeholder.
+``static/index.html`` when the package has one (the web page), else a placeholder; the page's
+scripts and styles are under ``/static/`` (no token: the page holds no data).
 """
 
 import logging
@@ -36,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from clearvae import __version__
@@ -114,6 +116,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.service = service
     app.include_router(public)
     app.include_router(api)
+    if STATIC.is_dir():  # the web page's scripts and styles
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
