@@ -156,6 +156,15 @@ def test_coder_parts_decode_in_order_with_escapes():
         partial.finish()
 
 
+def test_a_model_whose_latents_all_escape_is_refused_quickly():
+    """A damaged model (say, scaled transforms under a forged id) puts nearly every value
+    outside its tables: refused, rather than coding millions of escapes for minutes."""
+    tables = coder.Tables.from_pmfs([np.array([0.25, 0.5, 0.25])], np.array([-1]))
+    wild = np.full((1, 8, 64, 64), 10**6)
+    with pytest.raises(DataError, match="outside the model's probability tables"):
+        coder.encode(wild, np.zeros_like(wild), tables)
+
+
 def test_encode_with_two_threads_decode_with_one(codec):
     img = _image(64, 128, seed=3)
     threads = torch.get_num_threads()

@@ -26,6 +26,7 @@ _WORD = np.uint32
 # a stream not used up, and reports the file as corrupt.
 _CHECK = np.array([0xC5, 0x3A], np.int32)
 _CHECK_MODEL = constriction.stream.model.Categorical(np.ones(256), perfect=False)
+MAX_ESCAPES = 4096  # more escapes than this and than a quarter of the symbols: a broken model
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ def encode_parts(parts: list[tuple[np.ndarray, np.ndarray]], tables: Tables,
         escaped = (rel < 0) | (rel >= tables.lengths[index])
         coded.append((np.where(escaped, tables.lengths[index], rel).astype(np.int32), index))
         escapes.append(symbols[escaped])
+    count = sum(len(e) for e in escapes)
+    if count > max(MAX_ESCAPES, sum(len(i) for _, i in coded) // 4):
+        raise DataError(f"{count} values fall outside the model's probability tables (a "
+                        "trained model has next to none): the model file is damaged or was "
+                        "edited; use another")
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(_check(check), _CHECK_MODEL)  # decoded last
     for rel, index in reversed(coded):  # a stack: encode in reverse so that it decodes in order
