@@ -251,7 +251,7 @@ def test_sample_and_interpolate_with_a_vae_from_the_models_folder(client):
                                             "size": "2048x2048"}), 413)
 
 
-def test_the_page_is_a_placeholder_until_it_ships_and_the_api_is_documented(client):
+def test_the_page_is_served_and_the_api_is_documented(client):
     page = client.get("/")
     assert page.status_code == 200 and 'href="/docs"' in page.text
     assert client.get("/docs").status_code == 200

@@ -676,11 +676,14 @@ $('inpaint-file').addEventListener('change', (e) => inpaint.task.run(async () =>
   inpaint.update();
 }));
 
-/** The painting at least 384 px wide (small images enlarged), at most the column. */
+/** The painting (and its result) at least 384 px wide, small images enlarged; at most the
+ * column. */
 function sizePaint() {
   if (!inpaint.file) return;
   const room = $('inpaint-paint').parentElement.clientWidth;
-  $('inpaint-paint').style.width = `${Math.min(room, Math.max(mask.width, 384))}px`;
+  const width = `${Math.min(room, Math.max(mask.width, 384))}px`;
+  $('inpaint-paint').style.width = width;
+  $('inpaint-result').style.width = width;
 }
 new ResizeObserver(sizePaint).observe($('inpaint-paint').parentElement);
 
