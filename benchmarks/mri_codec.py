@@ -391,6 +391,7 @@ def targets(lossless: dict[str, Lossless], near: list[Point], bd: list[dict]) ->
         out.append({"target": f"lossy: BD-rate <= {LOSSY_TARGET_BD_J2K:g} % against JPEG 2000",
                     "value": "n/a" if value is None else f"{value:+.1f} %",
                     "met": value is not None and value <= LOSSY_TARGET_BD_J2K})
+    near = [p for p in near if p.mode == "near-lossless"]
     for p in (p for p in near if p.codec == "ours"):
         ref = next((q for q in near if q.codec == "jpeg-ls" and q.setting == p.setting), None)
         if ref:

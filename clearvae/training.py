@@ -468,25 +468,30 @@ class _CtrlC:
 
     def __init__(self) -> None:
         self.requested = self.forced = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _CtrlC:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        # SIGTERM (kill, a scheduler, a session ending) stops the same way: a run started in
+        # the background ignores SIGINT, and its work must not be lost either
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in defaults.items():
+                if signal.getsignal(sig) is default:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             self.forced = True
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again to stop at "
-              "once, without one)", file=sys.stderr, flush=True)
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{what}: stopping after this step, with a checkpoint ({what} again to stop "
+              "at once, without one)", file=sys.stderr, flush=True)
 
     def pressed(self, fabric: Any) -> bool:
         """Whether to stop now; with several processes, rank 0's Ctrl-C decides for all."""

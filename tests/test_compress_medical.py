@@ -126,3 +126,16 @@ def test_training_data_can_be_dicom_and_nifti_slices(tmp_path):
     assert x.shape == (1, 32, 32) and 0 <= x.min() and x.max() <= 1
     full = open_dataset(str(tmp_path / "data"), mode="full")
     assert full[0].max() > 0.5  # divided by its own 12 bits, not 16
+
+
+def test_the_bundled_mri_codec_loads_and_codes_losslessly():
+    from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
+    from clearvae.codec.storage import default_model_path, load_codec
+
+    assert default_model_path(gray=True).exists(), "the bundled MRI codec is missing"
+    mri = load_codec(gray=True)
+    assert mri.model.config.image_channels == 1 and mri.tables.exact is not None
+    values = pydicom.dcmread(pydicom_file("MR_small.dcm")).pixel_array.astype(np.uint16)
+    gray = GrayVolume(values[None], 12)
+    back, _ = decompress_gray(mri, compress_gray(mri, gray, max_error=0, quality=6))
+    assert np.array_equal(back.values[0], values)

@@ -91,6 +91,26 @@ def test_the_first_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path, monkeyp
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+def test_sigterm_also_finishes_the_step_and_checkpoints_it(tmp_path, monkeypatch, capsys):
+    """kill (SIGTERM), as a scheduler or an ending session sends it, loses no work either."""
+    import os
+    import signal
+
+    real = training.train_step
+
+    def step(fabric, model, optimizer, x, config, i):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fabric, model, optimizer, x, config, i)
+
+    monkeypatch.setattr(training, "train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, checkpoint_every=100, max_steps=10))
+    assert checkpoint.load_file(tmp_path / training.CHECKPOINT_NAME).info["step"] == 3
+    assert "SIGTERM: stopping after this step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
 def _fail_replace(monkeypatch, target_name, code=errno.ENOSPC):
     """os.replace of ``target_name`` (as atomic_write does) fails as on a full disk."""
     import os

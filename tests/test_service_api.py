@@ -350,7 +350,9 @@ def test_a_request_past_the_timeout_gets_504_and_its_job_is_stopped(models_dir,
                                                                     blocking_sample):
     with _client(models=models_dir, timeout=0.3) as c:
         body = _error(c.post("/api/sample", data={"model": "tiny-vae"}), 504)
-        assert _poll(c, body["detail"]["job"])["state"] == "cancelled"
+        # stopped by the request's wait (cancelled) or by its own time limit (failed),
+        # whichever sees the limit first on a loaded machine
+        assert _poll(c, body["detail"]["job"])["state"] in ("cancelled", "failed")
         job = c.post("/api/sample?async=1", data={"model": "tiny-vae"}).json()["job"]
         status = _poll(c, job)  # an async job past the limit stops itself
         assert status["state"] == "failed" and status["error"]["error"].startswith(

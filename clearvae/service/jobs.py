@@ -212,7 +212,7 @@ class JobQueue:
                 job.error = ServiceError(504, f"the job ran longer than this server's limit of "
                                          f"{job.time_limit:g} s and was stopped: ask for less "
                                          "(a smaller image, a lower effort), or ask the "
-                                         "operator for a longer --timeout")
+                                         "operator for a longer --timeout", {"job": job.id})
                 self._finish(job, "failed", "timed out")
             else:
                 self._finish(job, "cancelled", "cancelled")

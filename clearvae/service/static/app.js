@@ -435,6 +435,8 @@ const TARGETS = {
   target_bpp: { what: 'the bits per pixel', placeholder: 'e.g. 0.5', step: 'any' },
   max_bytes: { what: 'the most bytes', placeholder: 'e.g. 20000', step: '1' },
   target_psnr: { what: 'the PSNR in dB', placeholder: 'e.g. 32', step: 'any' },
+  max_error: { what: 'the largest error K (16-bit gray images)', placeholder: '0: lossless',
+               step: '1' },
 };
 
 bindOutput($('compress-quality'), $('compress-quality-value'), fmt.quality);
