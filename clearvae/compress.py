@@ -204,10 +204,10 @@ def _decompress_volume(codec: Codec, source: Path, data: bytes, target: Path | N
         container.decompress_meta(stored_meta, str(source)))[0]
     if series and default:
         target = source.with_suffix("")
-    _check_target(source, target, overwrite)
     if default and target.exists():  # beside the .cvae file: maybe the original
-        raise DataError(f"'{target}' exists (the original?): not replacing it; give the output "
-                        "name with -o")
+        raise DataError(f"'{target}' exists (the original?): not replacing it, even with "
+                        "--force; give the output name with -o")
+    _check_target(source, target, overwrite)
     if series and target.exists():
         raise DataError(f"'{target}' exists: a series is written to a new folder; remove it or "
                         "give another with -o")
