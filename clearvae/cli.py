@@ -82,10 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_decompress)
 
     s = sub.add_parser("denoise", help="denoise images with a denoising VAE")
-    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("inputs", nargs="+", help="image files or folders, DICOM files or series "
+                   "folders, NIfTI volumes")
     s.add_argument("-o", "--output", help="output file (one input) or folder (default: "
-                   "NAME_denoised.png beside each input)")
-    s.add_argument("--model", help="denoiser model file (default: the bundled one)")
+                   "NAME_denoised beside each input: PNG for photos, the input's own format "
+                   "for DICOM / NIfTI / 16-bit gray)")
+    s.add_argument("--model", help="denoiser model file (default: the bundled photo denoiser, "
+                   "or the bundled MRI denoiser for DICOM, NIfTI and 16-bit gray input)")
     s.add_argument("-k", "--samples", type=int, default=8,
                    help="posterior samples: averaged into the estimate, or with a conditional "
                    "model such as the bundled one, only the spread for --std (default "
@@ -94,8 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write N individual samples (NAME_sample{k}.png)")
     s.add_argument("--std", action="store_true", help="also write the per-pixel standard "
                    "deviation of the samples (NAME_std.png)")
-    s.add_argument("--sigma", type=float, help="noise std on the 0-255 scale (default: "
-                   "estimated from each image)")
+    s.add_argument("--sigma", type=float, help="noise std on the 0-255 scale of the image "
+                   "(medical: of its used bits), for the check against the model's trained "
+                   "range and a noisy-only Rician model's bias correction; the bundled "
+                   "denoisers are blind and read the noise from the image itself (default: "
+                   "estimated; Rician: from the background)")
     s.add_argument("--tile", type=int, default=256, help="tile size for large images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--ignore-noise-level", action="store_true",
@@ -479,25 +485,39 @@ class _EncodeProgress:
               end=end, file=sys.stderr, flush=True)
 
 
-def cmd_denoise(args: argparse.Namespace) -> None:
+def cmd_denoise(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from clearvae.data import IMAGE_EXTENSIONS
     from clearvae.restore.denoise import load_denoiser
-    from clearvae.restore.files import denoise_file
+    from clearvae.restore.files import denoise_file, denoised_name, is_volume_input
 
-    model = load_denoiser(args.model)
-    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS, ".png")
-    if not args.output:  # beside the input, never over it
-        pairs = [(s, s.with_name(f"{s.stem}_denoised.png")) for s, _ in pairs]
+    models: dict[bool | None, Any] = {}  # --model for all, else photo / MRI, loaded once
+
+    def model_for(source: Path) -> Any:
+        key = None if args.model else is_volume_input(source)
+        if key not in models:
+            models[key] = load_denoiser(args.model, medical=bool(key))
+        return models[key]
+
+    pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS + MEDICAL_SUFFIXES, ".png",
+                   denoised_name)
+    failed = []
     for source, target in tqdm(pairs, unit="image", disable=len(pairs) < 2):
-        written, result = denoise_file(
-            model, source, target, samples=args.samples, save_samples=args.save_samples,
-            std_map=args.std, sigma=args.sigma, tile=args.tile, seed=args.seed,
-            force_noise=args.ignore_noise_level, overwrite=args.force)
+        try:
+            written, result = denoise_file(
+                model_for(source), source, target, samples=args.samples,
+                save_samples=args.save_samples, std_map=args.std, sigma=args.sigma,
+                tile=args.tile, seed=args.seed, force_noise=args.ignore_noise_level,
+                overwrite=args.force)
+        except ClearvaeError as exc:
+            print(f"clearvae denoise: error: {exc}", file=sys.stderr)
+            failed.append(source)
+            continue
         extra = f" (+ {', '.join(map(str, written.extras))})" if written.extras else ""
         print(f"{source} -> {target}{extra}: noise sigma {result.sigma:.1f} "
-              f"({'given' if args.sigma else 'estimated'}), {args.samples} samples")
+              f"({'given' if args.sigma else 'estimated'})")
+    return _batch_status("denoise", failed, len(pairs))
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:

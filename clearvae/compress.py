@@ -20,6 +20,7 @@ from clearvae.codec.codec import Codec, Progress
 from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
 from clearvae.data import dicom, medical, read_image_bit_depth, write_image
 from clearvae.data.images import opened
+from clearvae.data.medical import is_gray_volume
 from clearvae.errors import DataError
 from clearvae.files import atomic_write
 
@@ -83,20 +84,6 @@ def read_for_codec(path: Path, drop_alpha: bool = False) -> np.ndarray:
                             "pass --drop-alpha to code the colour only")
         gray = im.mode in ("1", "L", "LA", "I", "I;16")
         return np.asarray(im.convert("L" if gray else "RGB"))
-
-
-def is_gray_volume(path: str | os.PathLike) -> bool:
-    """Whether a file or folder goes to the gray 12/16-bit codec: DICOM, NIfTI, or a
-    16-bit PNG / TIFF (8-bit images go to the photo codec)."""
-    path = Path(path)
-    if medical.is_medical(path):
-        return True
-    if path.suffix.lower() in medical.IMAGE_SUFFIXES and path.is_file():
-        try:
-            return read_image_bit_depth(path) == 16
-        except DataError:
-            return False
-    return False
 
 
 def target_for(source: Path, suffix: str = SUFFIX) -> Path:

@@ -231,7 +231,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     if dataset is None:
         dataset = open_dataset(d.train, "train", size=d.size, mode=d.mode, channels=d.channels,
                                on_error=d.on_error, preload=d.preload,
-                               value_range=d.value_range)
+                               value_range=d.value_range,
+                               context=getattr(config.model, "context_slices", 0))
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps,
                           fabric.global_rank, fabric.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
@@ -554,7 +555,8 @@ def _fit_to_data(config: TrainConfig, dataset: Any = None) -> TrainConfig:
         return config
     d = config.data
     if dataset is None:  # whole images, not crops
-        dataset = open_dataset(d.train, "train", channels=d.channels, on_error=d.on_error)
+        dataset = open_dataset(d.train, "train", channels=d.channels, on_error=d.on_error,
+                               value_range=d.value_range)
     images = [_hwc(dataset[i]) for i in range(min(len(dataset), 200))]
     noise = fit_noise(model.noise, images)
     print(f"noise model estimated from {len(images)} training images: "  # every rank: same

@@ -401,13 +401,21 @@ def _check_headers(series: bool, headers: list[Dataset], shape: tuple[int, ...],
     return _int(headers[0], "BitsStored") or 0
 
 
-def write(path: Path, meta: bytes, values: np.ndarray, lossy: Lossy | None) -> list[Path]:
+def write(path: Path, meta: bytes, values: np.ndarray, lossy: Lossy | None,
+          derived: str | None = None) -> list[Path]:
     """Write (S, H, W) stored values with the headers in ``meta``: one file, or a folder of
     IM00001.dcm, IM00002.dcm, ... for a series (never the original names: they may hold
-    patient names). Each instance gets a new SOPInstanceUID; the rest of its header is kept."""
+    patient names). Each instance gets a new SOPInstanceUID; the rest of its header is kept.
+    ``derived`` (a description, e.g. "Denoised by clearvae") marks new pixel values made from
+    the original's: a new series (one new SeriesInstanceUID for all instances), Image Type
+    DERIVED, and the description appended to Derivation Description."""
     series, headers = parse_meta(meta)
     _check_headers(series, headers, values.shape, values.dtype)
     values = _fit(path, headers[0], values)
+    if derived is not None:
+        uid = generate_uid()
+        for ds in headers:
+            _mark_derived(ds, derived, uid)
     if not series:
         return [atomic_write(path, _instance(headers[0], values, lossy))]
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -415,6 +423,19 @@ def write(path: Path, meta: bytes, values: np.ndarray, lossy: Lossy | None) -> l
                         "folder; give a new folder")
     return [atomic_write(path / f"IM{i + 1:05d}.dcm", _instance(ds, values[i : i + 1], lossy))
             for i, ds in enumerate(headers)]
+
+
+def _mark_derived(ds: Dataset, description: str, series_uid: str) -> None:
+    """PS3.3 C.7.6.1.1.2: pixel values derived from another image's are Image Type DERIVED; a
+    new series holds them (C.7.3.1: a series is one modality's images of one acquisition or
+    derivation), so the original and the derived images can sit side by side in an archive."""
+    ds.SeriesInstanceUID = series_uid
+    image_type = [str(v) for v in _values(ds, "ImageType")]
+    ds.ImageType = ["DERIVED", *image_type[1:]] if len(image_type) > 1 else ["DERIVED", "SECONDARY"]
+    before = str(ds.get("DerivationDescription", "") or "")
+    ds.DerivationDescription = (f"{before}; {description}" if before else description)[-1024:]
+    if "SeriesDescription" in ds:  # LO: 64 characters
+        ds.SeriesDescription = f"{ds.SeriesDescription} {description.split()[0].lower()}"[:64]
 
 
 def _fit(path: Path, ds: Dataset, values: np.ndarray) -> np.ndarray:

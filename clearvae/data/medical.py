@@ -81,6 +81,20 @@ def is_medical(path: str | os.PathLike) -> bool:
     return path.is_file() and (nifti.is_nifti(path) or dicom.is_dicom_file(path))
 
 
+def is_gray_volume(path: str | os.PathLike) -> bool:
+    """Whether a file or folder takes the medical path (the gray 12/16-bit codec, the MRI
+    denoiser): DICOM, NIfTI, or a 16-bit PNG / TIFF (8-bit images are photos)."""
+    path = Path(path)
+    if is_medical(path):
+        return True
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        try:
+            return images.read_image_bit_depth(path) == 16
+        except DataError:
+            return False
+    return False
+
+
 def _kind(path: Path) -> Kind:
     """The kind of a path, from its type, name and first bytes."""
     if not path.exists():
@@ -159,22 +173,25 @@ def volume_from_meta(kind: Kind, meta: bytes, values: np.ndarray, offset: int, b
 
 
 def write_volume(path: str | os.PathLike, volume: Volume, values: np.ndarray,
-                 lossy: Lossy | None = None) -> list[Path]:
+                 lossy: Lossy | None = None, derived: str | None = None) -> list[Path]:
     """Write (S, H, W) ``values`` (in the volume's stored dtype, e.g. a decoder's output) in the
     volume's format, every file atomically; returns the files written.
 
     DICOM: the original headers, new SOPInstanceUIDs, uncompressed Explicit VR Little Endian;
     ``lossy`` records a lossy step (LossyImageCompression "01", ratio, method, Image Type
-    DERIVED). One file at ``path`` for a file input; a new folder of IM00001.dcm, ... for a
-    series. NIfTI: the same header bytes and raw values. Image: an 8/16-bit gray PNG or TIFF.
-    NIfTI and images have no standard place for ``lossy``: it is not recorded there.
+    DERIVED); ``derived`` (a description) marks denoised or otherwise derived values: a new
+    Series Instance UID, Image Type DERIVED, the description in Derivation Description. One
+    file at ``path`` for a file input; a new folder of IM00001.dcm, ... for a series. NIfTI:
+    the same header bytes (affine, scaling, description) and raw values. Image: an 8/16-bit
+    gray PNG or TIFF. NIfTI and images have no standard place for ``lossy`` or ``derived``:
+    they are not recorded there.
     """
     path, values = Path(path), np.asarray(values)
     if values.shape != volume.values.shape or values.dtype.kind not in "iu":
         raise DataError(f"cannot write '{path}': expected integers of shape "
                         f"{volume.values.shape}, got {values.dtype} of shape {values.shape}")
     if volume.kind == "dicom":
-        return dicom.write(path, volume.meta, values, lossy)
+        return dicom.write(path, volume.meta, values, lossy, derived)
     if volume.kind == "nifti":
         return nifti.write(path, volume.meta, values)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -195,18 +212,22 @@ class MedicalSlices:
     """The 2-D slices of every DICOM file and NIfTI volume under a folder (recursively), as a
     training dataset of (1, H, W) float32 tensors in [0, 1]: each volume's unsigned values
     divided by 2**bits - 1 for the bits it uses (as the gray codec sees them). Slices are
-    read once and kept as integers; keys are ``index`` (centre crop) or ``(index, seed)``."""
+    read once and kept as integers; keys are ``index`` (centre crop) or ``(index, seed)``.
+    ``context`` k > 0 gives (2k + 1, H, W) stacks instead: the slice between its k neighbours
+    on each side in its volume (repeated at the volume's ends), for 2.5-D denoisers."""
 
     def __init__(self, root: str | os.PathLike, size: tuple[int, int] | None = None,
-                 mode: str = "crop", max_pixels: int = images.MAX_PIXELS) -> None:
+                 mode: str = "crop", max_pixels: int = images.MAX_PIXELS,
+                 context: int = 0) -> None:
         self.root = Path(root)
         files = sorted(p for p in self.root.rglob("*") if p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
                        and (p.name.lower().endswith(MEDICAL_FILES) or dicom.is_dicom_file(p)))
         if not files:
             raise DataError(f"no DICOM or NIfTI files under '{root}'")
-        self.size, self.mode = images.check_fit(size, mode), mode
-        self.slices: list[tuple[np.ndarray, int]] = []  # (H, W) uint16, bits
+        self.size, self.mode, self.context = images.check_fit(size, mode), mode, context
+        self.volumes: list[tuple[np.ndarray, int]] = []  # (S, H, W) uint16, bits
+        self.slices: list[tuple[int, int]] = []  # (volume, slice)
         total = 0
         for path in files:
             volume = read_volume(path, max_pixels)
@@ -214,7 +235,8 @@ class MedicalSlices:
             if total > max_pixels:
                 raise DataError(f"the volumes under '{root}' hold more than {max_pixels} pixels; "
                                 "train on a smaller selection")
-            self.slices += [(s, volume.bits) for s in volume.unsigned()]
+            self.slices += [(len(self.volumes), i) for i in range(volume.values.shape[0])]
+            self.volumes.append((volume.unsigned(), volume.bits))
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -223,7 +245,9 @@ class MedicalSlices:
         import torch
 
         index, seed = images.split_key(key, len(self))
-        values, bits = self.slices[index]
-        x = (values.astype(np.float32) / float(2**bits - 1))[None]
+        v, i = self.slices[index]
+        values, bits = self.volumes[v]
+        around = np.clip(np.arange(i - self.context, i + self.context + 1), 0, len(values) - 1)
+        x = values[around].astype(np.float32) / float(2**bits - 1)  # (2k + 1, H, W)
         x = images.fit_to_size(x, self.size, self.mode, seed)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

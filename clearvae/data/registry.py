@@ -31,21 +31,33 @@ def open_dataset(spec: str, split: str = "train", *,
                  size: int | tuple[int, int] | None = None, mode: Mode = "crop",
                  channels: int | None = None, on_error: Literal["raise", "skip"] = "raise",
                  preload: bool = False, value_range: ValueRange = "container",
-                 ) -> torch.utils.data.Dataset:
+                 context: int = 0) -> torch.utils.data.Dataset:
     """The dataset that ``spec`` names, its images cut to ``size`` as ``mode`` says.
 
     ``spec`` is ``synthetic-digits[:N]``, a digits CSV file, a folder holding MNIST IDX
     files (``split`` picks train or t10k), or any other folder of images (RGB unless
     ``channels`` says otherwise); several of them joined by commas are used together.
     ``on_error``, ``preload`` (decode every file once, up front, and keep the pixels in
-    memory) and ``value_range`` (``ImageFolder``) apply to image folders.
+    memory) and ``value_range`` (``ImageFolder``) apply to image folders. ``context`` k > 0
+    serves stacks of 2k + 1 slices for 2.5-D models: neighbours from DICOM / NIfTI volumes,
+    the image repeated for everything else (``Repeated``).
     """
     spec = str(spec)
     if "," in spec:
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         return Concat([open_dataset(p, split, size=size, mode=mode, channels=channels,
                                     on_error=on_error, preload=preload,
-                                    value_range=value_range) for p in parts])
+                                    value_range=value_range, context=context) for p in parts])
+    if context:
+        from clearvae.data import medical
+
+        path = Path(spec).expanduser()
+        if path.is_dir() and (medical.is_medical(path) or any(
+                p.name.lower().endswith(medical.MEDICAL_FILES) for p in path.rglob("*"))):
+            return medical.MedicalSlices(path, check_fit(size, mode), mode, context=context)
+        return Repeated(open_dataset(spec, split, size=size, mode=mode, channels=channels,
+                                     on_error=on_error, preload=preload,
+                                     value_range=value_range), 2 * context + 1)
     fit = {"size": size, "mode": mode, "channels": channels}
     if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
         digits = SyntheticDigits(_synthetic_count(spec))
@@ -76,6 +88,20 @@ def open_dataset(spec: str, split: str = "train", *,
         raise DataError(f"'{spec}' holds the split folders {', '.join(splits)}: give one of "
                         f"them, e.g. '{path / splits[0]}'")
     return ImageFolder(path, size, mode, channels or 3, on_error, preload, value_range)
+
+
+class Repeated(torch.utils.data.Dataset):
+    """Each (C, H, W) image of ``dataset`` as ``times`` copies along the channels: a 2-D image
+    as a stack of identical slices, for 2.5-D models."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, times: int) -> None:
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        return self.dataset[key].repeat(self.times, 1, 1)
 
 
 class Concat(torch.utils.data.Dataset):

@@ -21,6 +21,11 @@ q(z | x, y) that also sees the clean x during training. Here the two jobs are sp
 
     loss = 0.5 |x - m|^2 / sigma_ref^2  +  [-log N(x; s, tau^2) + KL(q || p)]
 
+2.5-D (``context_slices`` k > 0, for volumes): y is a stack of 2k + 1 neighbouring slices,
+(B, (2k + 1) C, H, W) with the slice to denoise in the middle; the U-Net's stem also sees the
+neighbours (through its own convolution, which starts at zero, so a 2-D model is its warm
+start) and everything else, m included, is about the middle slice.
+
 A draw is s + tau n: the latents carry what is correlated across pixels (where an edge runs),
 tau the rest. tau is learned: priced at the noise's own sigma, as DivNoising's likelihood is,
 the latents would carry nothing, because the posterior mean's error is smaller than the noise
@@ -68,10 +73,14 @@ class ConditionalDenoiserConfig(Config):
     latent_channels: int = 4
     branch: float = 0.25
     likelihood: Literal["gaussian"] = "gaussian"  # the output is the clean image
+    context_slices: int = 0  # 2.5-D: neighbouring slices on each side seen as extra input
 
     def validate(self) -> None:
         if self.image_channels not in (1, 3):
             raise ConfigError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if not isinstance(self.context_slices, int) or not 0 <= self.context_slices <= 4:
+            raise ConfigError(f"context_slices must be an integer in 0..4, got "
+                              f"{self.context_slices!r}")
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ConfigError(f"widths needs at least two positive values (full resolution and "
                               f"one below it, where the latents live), got {list(self.widths)}")
@@ -82,6 +91,11 @@ class ConditionalDenoiserConfig(Config):
     @property
     def levels(self) -> int:
         return len(self.widths) - 1
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the noisy input: the slice and its neighbours."""
+        return self.image_channels * (2 * self.context_slices + 1)
 
 
 class Residual(nn.Module):
@@ -114,6 +128,11 @@ class ConditionalDenoiser(nn.Module):
         levels = config.levels
         # the U-Net: d_r for r = 0 .. L
         self.stem = nn.Conv2d(c, w[0], 3, padding=1)
+        self.context_stem = None  # 2.5-D: the neighbouring slices' share of the stem
+        if config.context_slices:
+            self.context_stem = nn.Conv2d(2 * config.context_slices * c, w[0], 3, padding=1,
+                                          bias=False)
+            nn.init.zeros_(self.context_stem.weight)
         self.enc = nn.ModuleList(_stack(w[r], n) for r in range(levels))
         self.down = nn.ModuleList(nn.Conv2d(w[r], w[r + 1], 2, stride=2) for r in range(levels))
         self.middle = _stack(w[-1], n)
@@ -143,16 +162,26 @@ class ConditionalDenoiser(nn.Module):
         self.branch_widths = b
 
     def check_input(self, y: Tensor) -> None:
-        if y.ndim != 4 or y.shape[1] != self.config.image_channels:
-            raise ConfigError(f"model expects images of shape (B, {self.config.image_channels}, "
+        if y.ndim != 4 or y.shape[1] != self.config.input_channels:
+            raise ConfigError(f"model expects images of shape (B, {self.config.input_channels}, "
                               f"H, W), got {tuple(y.shape)}")
 
+    def centre(self, y: Tensor) -> Tensor:
+        """(B, C, H, W): the slice to denoise out of a 2.5-D stack (y itself in 2-D)."""
+        c, k = self.config.image_channels, self.config.context_slices
+        return y[:, k * c : (k + 1) * c]
+
     def _unet(self, y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """y padded to a multiple of 2**levels (B, C, H', W'), its mean m (float32, same shape)
-        and the decoder features d_0 .. d_L."""
+        """The middle slice of y padded to a multiple of 2**levels (B, C, H', W'), its mean m
+        (float32, same shape) and the decoder features d_0 .. d_L."""
         self.check_input(y)
-        y = pad_to_multiple(y, 2**self.config.levels)
+        stack = pad_to_multiple(y, 2**self.config.levels)
+        y = self.centre(stack)
         h = self.stem(2 * y - 1)
+        if self.context_stem is not None:
+            c, k = self.config.image_channels, self.config.context_slices
+            h = h + self.context_stem(2 * torch.cat([stack[:, : k * c],
+                                                     stack[:, (k + 1) * c :]], 1) - 1)
         skips = []
         for enc, down in zip(self.enc, self.down):
             h = enc(h)
@@ -199,7 +228,7 @@ class ConditionalDenoiser(nn.Module):
         or a noisy one whose noise of variance ``x_var`` (B, C, H, W; recorruption,
         ``models.denoiser``) is independent of y's; ``params`` is the mean m."""
         size = y.shape[-2:]
-        yp, m, d = self._unet(y)
+        yp, m, d = self._unet(y)  # yp: the middle slice, padded
         xp = pad_to_multiple(x, 2**self.config.levels)
         s, tau, kl = self._branch(d, m, self._residual_features(xp, yp, m))
         m, s, tau = (t[..., : size[0], : size[1]] for t in (m, s, tau))

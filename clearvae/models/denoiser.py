@@ -34,7 +34,17 @@ sqrt(1 + hi^2) times the data's; it then denoises the data at its own level, jus
 range (measured in docs/benchmarks.md). The branch scores the target with the target's noise
 added to its own spread, N(target; s, tau^2 + (1 + 1 / alpha^2) D^2): the explicit noise model
 of DivNoising. For Poisson-Gaussian noise D^2 = a s + b is taken at a 3x3 local mean of y, an
-approximation (the recorruption then depends a little on n itself).
+approximation (the recorruption then depends a little on n itself). For Rician noise
+(magnitude MRI) the pair is made as for Gaussian noise of the same sigma, which Rician noise is
+close to wherever the signal is well above it (Gudbjartsson & Patz 1995): the U-Net then learns
+E[y | input], the Rician mean of the signal, which ``restore.denoise`` maps back to the signal
+(``noise.rician_unbias``). With synthetic Rician noise on clean images no such step is needed.
+
+2.5-D (a conditional backbone with ``context_slices`` k): the batch holds stacks of 2k + 1
+neighbouring slices, all noised independently, and the target is the middle one. A stack whose
+slices are all equal is a single 2-D image (a PNG in the training data): it gets one noise,
+copied to every slice, as ``restore.denoise`` feeds a single image; so does a random tenth of
+the real stacks, so that the model also works without neighbours.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from clearvae.models.base import VAEOutput, vae_loss
 from clearvae.models.conditional import ConditionalDenoiser, ConditionalDenoiserConfig
 from clearvae.models.conv import ConvVAE, ConvVAEConfig
 from clearvae.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
-from clearvae.noise import NoiseConfig, noise_log_prob, noise_variance
+from clearvae.noise import NoiseConfig, noise_log_prob, noise_variance, rician_noise
 
 BACKBONES = {"hierarchical": HierarchicalVAE, "conv": ConvVAE, "conditional": ConditionalDenoiser}
 
@@ -78,6 +88,12 @@ class DenoisingVAEConfig(Config):
         if not 0 < lo <= hi:
             raise ConfigError(f"recorruption must be an alpha range [lo, hi] with 0 < lo <= hi, "
                               f"got {list(self.recorruption)}")
+        if self.noise.kind == "rician" and self.backbone.kind != "conditional" and \
+                self.noise.synthetic is not None:
+            raise ConfigError("synthetic Rician noise trains a conditional backbone (clean "
+                              "targets); a hierarchical or conv backbone learns from noisy "
+                              "images through the Rician likelihood (leave noise.synthetic "
+                              "unset)")
 
     @property
     def conditional(self) -> bool:
@@ -87,6 +103,11 @@ class DenoisingVAEConfig(Config):
     @property
     def image_channels(self) -> int:
         return self.backbone.image_channels
+
+    @property
+    def context_slices(self) -> int:
+        """Neighbouring slices on each side that the model sees (0: a 2-D model)."""
+        return getattr(self.backbone, "context_slices", 0)
 
 
 class DenoisingVAE(nn.Module):
@@ -150,16 +171,44 @@ def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,
     """
     x = _dihedral(x, int(torch.randint(8, ())))
     noise, sigma, target, target_var = model.config.noise, None, None, None
+    k, c = model.config.context_slices, model.config.image_channels
+    single = _single_slices(x, k, c)  # (B,) stacks that stand for one 2-D image
+    if single is not None:
+        x = torch.where(single[:, None, None, None], x[:, k * c : (k + 1) * c].repeat(
+            1, 2 * k + 1, 1, 1), x)
     if noise.synthetic is not None:
         lo, hi = noise.synthetic
         sigma = (lo + (hi - lo) * torch.rand(x.shape[0], device=x.device)) / 255.0  # (B,)
-        x, target = x + sigma[:, None, None, None] * torch.randn_like(x), x
+        target = x
+        if noise.kind == "rician":
+            x = rician_noise(x.clamp_min(0.0), sigma)
+        else:
+            x = x + sigma[:, None, None, None] * torch.randn_like(x)
     elif model.config.conditional:
         x, target, target_var = recorrupt(noise, x, model.config.recorruption)
+    if single is not None:  # one noise for the whole stack of a single image
+        middle = x[:, k * c : (k + 1) * c].repeat(1, 2 * k + 1, 1, 1)
+        x = torch.where(single[:, None, None, None], middle, x)
+    if k:
+        target = target[:, k * c : (k + 1) * c]
+        target_var = None if target_var is None else target_var[:, k * c : (k + 1) * c]
     out = model(x, sigma, target, target_var)
     terms = vae_loss(out, objective.beta_at(step), objective.free_bits)
-    metrics = {k: v.item() for k, v in terms._asdict().items()}
-    return terms.loss / x[0].numel(), metrics
+    metrics = {name: v.item() for name, v in terms._asdict().items()}
+    return terms.loss / out.params[0].numel(), metrics
+
+
+SINGLE_SHARE = 0.1  # 2.5-D training: real stacks fed as a single image, without neighbours
+
+
+def _single_slices(x: Tensor, k: int, c: int) -> Tensor | None:
+    """(B,) bool for a batch of 2.5-D stacks (B, (2k + 1) c, H, W): the stacks whose slices are
+    all the same image, and a random ``SINGLE_SHARE`` of the others; None in 2-D."""
+    if not k:
+        return None
+    stacks = x.unflatten(1, (2 * k + 1, c))  # (B, 2k + 1, c, H, W)
+    same = (stacks == stacks[:, k : k + 1]).flatten(1).all(1)
+    return same | (torch.rand(x.shape[0], device=x.device) < SINGLE_SHARE)
 
 
 def recorrupt(noise: NoiseConfig, y: Tensor,

@@ -36,10 +36,11 @@ from clearvae import checkpoint
 from clearvae.errors import DataError, ModelFileError
 from clearvae.models import model_from_file
 from clearvae.models.denoiser import DenoisingVAE
-from clearvae.noise import estimate_sigma
+from clearvae.noise import estimate_rician_sigma, estimate_sigma, rician_unbias
 from clearvae.restore.tiles import tiled
 
 DEFAULT_MODEL = "denoiser-default.safetensors"
+MRI_MODEL = "denoiser-mri.safetensors"  # for DICOM, NIfTI and 16-bit gray input
 NOISE_MARGIN = 1.5  # refuse inputs estimated noisier than 1.5x the trained maximum (+5)
 # rows: the luminance and two colour-difference planes of an RGB pixel (see the module doc)
 OPPONENT = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]])
@@ -47,16 +48,18 @@ OPPONENT_OFFSET = torch.tensor([0.0, 0.5, 0.5])
 OPPONENT_INVERSE = torch.linalg.inv(OPPONENT.double())
 
 
-def default_denoiser_path() -> Path:
-    """Where the bundled denoiser lives inside the installed package."""
-    return Path(str(resources.files("clearvae") / "weights" / DEFAULT_MODEL))
+def default_denoiser_path(medical: bool = False) -> Path:
+    """Where the bundled photo (or MRI) denoiser lives inside the installed package."""
+    return Path(str(resources.files("clearvae") / "weights" / (MRI_MODEL if medical
+                                                               else DEFAULT_MODEL)))
 
 
-def load_denoiser(path: str | os.PathLike | None = None) -> DenoisingVAE:
-    """A denoising VAE from a model file or checkpoint (None: the bundled default)."""
-    path = Path(path) if path is not None else default_denoiser_path()
+def load_denoiser(path: str | os.PathLike | None = None, medical: bool = False) -> DenoisingVAE:
+    """A denoising VAE from a model file or checkpoint (None: the bundled photo denoiser, or
+    with ``medical`` the bundled MRI one)."""
+    path = Path(path) if path is not None else default_denoiser_path(medical)
     if not path.exists():
-        if path == default_denoiser_path():
+        if path == default_denoiser_path(medical):
             raise ModelFileError(f"the bundled denoiser '{path}' is not installed; pass a model "
                                  "trained with `clearvae train` (kind denoiser)")
         raise ModelFileError(f"no such model file: '{path}'")
@@ -143,6 +146,69 @@ def check_noise_level(model: DenoisingVAE, sigma: float) -> None:
                         "force=True (CLI: --ignore-noise-level) to denoise anyway")
 
 
+def _noise_sigma(model: DenoisingVAE, planes: np.ndarray | list[np.ndarray],
+                 sigma: float | None) -> float:
+    """The input's noise std on the 0-255 scale: as given, or estimated as the model's noise
+    kind says (Rician: from the background of (H, W) planes, all on one scale)."""
+    if sigma is not None:
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise DataError(f"sigma must be a positive number (0-255 scale), got {sigma!r}")
+        return float(sigma)
+    if model.config.noise.kind == "rician":
+        return 255.0 * estimate_rician_sigma(planes)
+    return float(np.median([estimate_sigma(p) for p in planes]))
+
+
+def _unbias(model: DenoisingVAE, t: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A noisy-only Rician model's output (the Rician mean of the signal) mapped to the signal
+    (``noise.rician_unbias``); any other model's output as it is."""
+    noise = model.config.noise
+    if noise.kind != "rician" or noise.synthetic is not None:
+        return t
+    return torch.from_numpy(rician_unbias(t.numpy(), sigma / 255.0).astype(np.float32))
+
+
+def _denoise_planes(model: DenoisingVAE, x: torch.Tensor, samples: int, keep_samples: bool,
+                    tile: int, overlap: int | None, opponent: bool,
+                    progress: Callable[[int, int], None] | None) -> torch.Tensor:
+    """(3 [+ K], B, c, H, W): the estimate, the draws' first two moments and (on request) the
+    K draws for the model's input x (B, c (2k + 1), H, W), tile by tile."""
+    device = next(model.parameters()).device
+
+    def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        mean, draws = model.mean_and_draws(x[..., y0:y1, x0:x1].to(device), samples)
+        mean, draws = mean.cpu(), draws.cpu()
+        if opponent:  # (K, 3, 1, h, w): back to RGB before any statistics
+            mean, draws = from_opponent(mean), from_opponent(draws)
+        # (3, B, c, h, w): the estimate and the draws' first two moments (for the spread)
+        if samples:
+            moments = torch.stack([mean, draws.mean(0), draws.square().mean(0)])
+        else:
+            moments = torch.stack([mean, torch.zeros_like(mean), torch.zeros_like(mean)])
+        parts = [moments, draws] if keep_samples else [moments]
+        return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
+
+    out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap, progress)
+    return out.view(-1, x.shape[0], model.config.image_channels, *x.shape[-2:])
+
+
+def _check_samples(model: DenoisingVAE, samples: int, keep_samples: bool) -> None:
+    least = 0 if model.config.conditional else 1
+    if not isinstance(samples, int) or samples < least:
+        raise DataError(f"samples must be an integer >= {least} for this model, got {samples!r}")
+    if keep_samples and samples < 1:
+        raise DataError("keep_samples needs samples >= 1")
+
+
+def _finish(model: DenoisingVAE, out: torch.Tensor, keep_samples: bool, sigma: float,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Estimate, spread and draws (unbiased for a Rician noisy-only model) from the moments."""
+    mean, first, second = out[0], out[1], out[2]
+    std = (second - first.square()).clamp_min(0).sqrt()
+    draws = _unbias(model, out[3:], sigma).clamp(0, 1) if keep_samples else None
+    return _unbias(model, mean, sigma).clamp(0, 1), std, draws
+
+
 @torch.no_grad()
 def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *,
             samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
@@ -152,43 +218,73 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
     """Denoise one image with ``samples`` posterior draws (see ``Denoised``). A conditional
     model (the bundled one) gives its estimate without draws: ``samples=0`` computes none
     (``std`` is then 0); other models average their draws, so need at least one.
+    ``sigma`` (0-255 scale) is what the refusal check and a noisy-only Rician model's bias
+    correction use; the blind models take their noise level from the image itself.
     ``progress`` gets (tiles done, tiles) after each tile."""
     if not isinstance(model, DenoisingVAE):
         model = load_denoiser(model)
-    least = 0 if model.config.conditional else 1
-    if not isinstance(samples, int) or samples < least:
-        raise DataError(f"samples must be an integer >= {least} for this model, got {samples!r}")
-    if keep_samples and samples < 1:
-        raise DataError("keep_samples needs samples >= 1")
+    _check_samples(model, samples, keep_samples)
     model = model.eval()
     shape = np.shape(image)
     x01, _ = as_float_image(image)
-    sigma = estimate_sigma(x01) if sigma is None else float(sigma)
+    sigma = _noise_sigma(model, [x01[..., c] for c in range(x01.shape[-1])], sigma)
     if not force:
         check_noise_level(model, sigma)
     x = to_planes(model, x01)  # (B, c, H, W)
     opponent = uses_opponent_planes(model, x01)
     if opponent:
         x = to_opponent(x)
-    device = next(model.parameters()).device
+    x = x.repeat(1, 2 * model.config.context_slices + 1, 1, 1)  # 2.5-D: no neighbours
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        out = _denoise_planes(model, x, samples, keep_samples, tile, overlap, opponent,
+                              progress)
+    mean, std, draws = _finish(model, out, keep_samples, sigma)
+    return Denoised(from_planes(mean, shape), from_planes(std, shape),
+                    from_planes(draws, shape) if draws is not None else None, sigma)
 
-        def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-            mean, draws = model.mean_and_draws(x[..., y0:y1, x0:x1].to(device), samples)
-            if opponent:  # (K, 3, 1, h, w): back to RGB before any statistics
-                mean, draws = from_opponent(mean), from_opponent(draws)
-            # (3, B, c, h, w): the estimate and the draws' first two moments (for the spread)
-            if samples:
-                moments = torch.stack([mean, draws.mean(0), draws.square().mean(0)])
-            else:
-                moments = torch.stack([mean, torch.zeros_like(mean), torch.zeros_like(mean)])
-            parts = [moments, draws] if keep_samples else [moments]
-            return torch.cat(parts).flatten(0, 1)  # (N * B, c, h, w)
 
-        out = tiled(run, x.shape[-2], x.shape[-1], tile, overlap, progress)
-    out = out.view(-1, *x.shape)  # (3 [+ K], B, c, H, W)
-    mean, first, second = out[0], out[1], out[2]
-    std = (second - first.square()).clamp_min(0).sqrt()
-    draws = from_planes(out[3:].clamp(0, 1), shape) if keep_samples else None
-    return Denoised(from_planes(mean.clamp(0, 1), shape), from_planes(std, shape), draws, sigma)
+@torch.no_grad()
+def denoise_volume(volume: np.ndarray, model: DenoisingVAE | str | os.PathLike | None = None,
+                   *, samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
+                   tile: int = 256, overlap: int | None = None, seed: int = 0,
+                   force: bool = False, progress: Callable[[int, int], None] | None = None,
+                   ) -> Denoised:
+    """Denoise a gray volume (S, H, W) ([0, 1] floats, all slices on one scale) slice by slice:
+    a 2.5-D model sees each slice between its neighbours (repeated at the ends), a 2-D model
+    the slice alone. One noise level for the whole volume (Rician models: from its background
+    unless ``sigma``); the arrays of ``Denoised`` are (S, H, W), ``samples`` (K, S, H, W).
+    Memory: the model runs on one slice stack at a time. ``progress`` gets (slices done,
+    slices)."""
+    if not isinstance(model, DenoisingVAE):
+        model = load_denoiser(model)
+    _check_samples(model, samples, keep_samples)
+    model = model.eval()
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or not volume.size or volume.dtype.kind != "f":
+        raise DataError(f"a volume is (S, H, W) floats on the [0, 1] scale, got "
+                        f"{volume.dtype} of shape {volume.shape}")
+    if not np.isfinite(volume).all():
+        raise DataError("the volume holds NaN or infinite values")
+    if model.config.image_channels != 1:
+        raise DataError("this model denoises colour images; a volume needs a gray model")
+    sigma = _noise_sigma(model, volume, sigma)
+    if not force:
+        check_noise_level(model, sigma)
+    k, n = model.config.context_slices, volume.shape[0]
+    mean = np.empty(volume.shape, np.float32)
+    std = np.empty(volume.shape, np.float32)
+    draws = np.empty((samples, *volume.shape), np.float32) if keep_samples else None
+    with torch.random.fork_rng(devices=[]):
+        for i in range(n):
+            torch.manual_seed(seed + i)
+            around = np.clip(np.arange(i - k, i + k + 1), 0, n - 1)
+            x = torch.from_numpy(np.ascontiguousarray(volume[around], np.float32))[None]
+            out = _denoise_planes(model, x, samples, keep_samples, tile, overlap, False, None)
+            m, sd, d = _finish(model, out, keep_samples, sigma)  # (B=1, 1, H, W) each
+            mean[i], std[i] = m[0, 0].numpy(), sd[0, 0].numpy()
+            if draws is not None:
+                draws[:, i] = d[:, 0, 0].numpy()
+            if progress is not None:
+                progress(i + 1, n)
+    return Denoised(mean, std, draws, sigma)

@@ -14,6 +14,11 @@
   on the fly, as the bundled denoiser was: the conditional backbone with clean targets.
 - ``denoise-synthetic-hdn``: the same data through the HDN backbone of ``denoise-noisy-hdn``
   (the bundled denoiser before 2026-12-01, kept to reproduce its numbers).
+- ``denoise-mri``: clean MRI (DICOM / NIfTI volumes, 8-16-bit gray PNG slices; each on the
+  scale of the bits it uses) with Rician noise of sigma 1-35 (0-255 scale) added on the fly,
+  2.5-D (each slice between its two neighbours): the bundled MRI denoiser's recipe. For noisy
+  MRI alone, use ``denoise-noisy`` with ``model.noise.kind=rician`` (sigma from the
+  background) and, for volumes, ``model.backbone.context_slices=1``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ _BACKBONE = {"kind": "hierarchical", "likelihood": "gaussian", "image_channels":
 _CONDITIONAL = {"kind": "conditional", "image_channels": 1, "image_size": [64, 64],
                 "widths": [32, 64, 128, 192], "blocks": 2, "latent_channels": 4, "branch": 0.25}
 _SYNTHETIC = {"kind": "gaussian", "synthetic": [5.0, 50.0]}
+_MRI = {"kind": "rician", "synthetic": [1.0, 35.0]}
 _COMMON = {"data": {"size": [64, 64], "mode": "crop", "channels": 1, "preload": True},
            "batch_size": 16, "lr": 3e-4, "lr_warmup_steps": 200, "grad_clip": 200.0,
            "skip_threshold": 2000.0, "ema_decay": 0.999, "checkpoint_every": 500,
@@ -44,6 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                                                "noise": _SYNTHETIC}},
     "denoise-synthetic-hdn": {**_COMMON, "model": {"kind": "denoiser", "backbone": _BACKBONE,
                                                    "noise": _SYNTHETIC}},
+    "denoise-mri": {**_COMMON, "data": {**_COMMON["data"], "value_range": "used"},
+                    "model": {"kind": "denoiser",
+                              "backbone": {**_CONDITIONAL, "context_slices": 1},
+                              "noise": _MRI}},
 }
 
 
