@@ -110,11 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_denoise)
 
     s = sub.add_parser("inpaint", help="fill the masked pixels of an image")
-    s.add_argument("input", help="image file")
+    s.add_argument("input", help="image file, or a 16-bit gray image, DICOM file or series, "
+                   "NIfTI volume (its known values are kept exactly; the mask applies to every "
+                   "slice)")
     s.add_argument("--mask", required=True, help="image of the same size, white (nonzero) "
                    "where pixels are to be filled")
-    s.add_argument("-o", "--output", help="output file (default NAME_inpainted.png)")
-    s.add_argument("--model", help="denoiser or VAE model file (default: the bundled denoiser)")
+    s.add_argument("-o", "--output", help="output file (default NAME_inpainted.png, or the "
+                   "input's own format for medical images)")
+    s.add_argument("--model", help="denoiser or VAE model file (default: the bundled denoiser; "
+                   "the bundled MRI denoiser for medical images)")
     s.add_argument("-n", "--samples", type=int, default=1,
                    help="number of different fillings (the others as OUTPUT_sample{k}.png)")
     s.add_argument("--iterations", type=int, default=20,
@@ -532,7 +536,8 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        written, _ = inpaint_file(load_restorer(args.model), args.input, args.mask,
+        model = load_restorer(args.model) if args.model else None  # None: photo or MRI default
+        written, _ = inpaint_file(model, args.input, args.mask,
                                   args.output, samples=args.samples,
                                   iterations=args.iterations, tile=args.tile, seed=args.seed,
                                   overwrite=args.force, progress=progress)

@@ -33,7 +33,7 @@ from clearvae.noise import (
     rician_unbias,
 )
 from clearvae.restore.denoise import denoise, denoise_volume
-from clearvae.restore.files import denoise_file, denoised_name
+from clearvae.restore.files import denoise_file, denoised_name, inpaint_file
 from clearvae.restore.presets import preset
 from clearvae.training import ObjectiveConfig
 from tests.test_medical_io import make_series
@@ -299,3 +299,25 @@ def test_cli_denoises_volumes_and_goes_on_after_a_bad_one(tmp_path, capsys):
 def test_deep_copy_keeps_the_context_stem():
     model = tiny()
     assert copy.deepcopy(model).backbone.context_stem is not None
+
+
+def test_inpainting_a_16_bit_slice_keeps_every_known_value(tmp_path):
+    clean = (phantom(48) * 3000).astype(np.uint16)
+    source, mask = tmp_path / "slice.png", tmp_path / "mask.png"
+    from clearvae.data.images import write_pixels
+
+    write_pixels(source, clean[..., None])
+    lines = np.zeros((48, 48, 1), np.uint8)
+    lines[::6] = 255  # missing k-space lines show as missing rows
+    write_pixels(mask, lines)
+    model = tiny()
+    written, result = inpaint_file(model, source, mask, samples=2, iterations=3)
+    assert written.target == tmp_path / "slice_inpainted.png"
+    from PIL import Image
+
+    out = np.array(Image.open(written.target))
+    assert out.dtype == np.uint16 and out.shape == clean.shape
+    known = lines[..., 0] == 0
+    assert np.array_equal(out[known], clean[known])
+    assert not np.array_equal(out[~known], clean[~known])
+    assert out[~known].max() <= clean.max() and result.samples.shape == (2, 1, 48, 48)

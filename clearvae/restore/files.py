@@ -25,7 +25,7 @@ from clearvae.data import medical, read_image, read_image_bit_depth, write_image
 from clearvae.data.images import opened
 from clearvae.errors import DataError
 from clearvae.restore.denoise import Denoised, denoise, denoise_volume, load_denoiser
-from clearvae.restore.inpaint import Inpainted, inpaint
+from clearvae.restore.inpaint import Inpainted, inpaint, load_restorer
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,18 @@ def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
                  ) -> tuple[Written, Inpainted]:
     """Fill the white (nonzero) pixels of the ``mask`` image in ``source``; writes ``target``
-    (default NAME_inpainted.png) and, for samples > 1, TARGET_sample{k}.png for the others."""
+    (default NAME_inpainted.png) and, for samples > 1, TARGET_sample{k}.png for the others.
+    A medical input (16-bit gray, DICOM, NIfTI) comes back in its own format with every known
+    value exactly as stored, the mask applied to each of its slices."""
     source = Path(source)
-    target = Path(target) if target else source.with_name(f"{source.stem}_inpainted.png")
+    target = Path(target) if target else denoised_name(source, "inpainted")
     extras = [_sibling(target, f"sample{k}") for k in range(1, samples)]
     for path in [target, *extras]:
         _check_target(source, path, overwrite)
+    if is_volume_input(source):
+        model = model if model is not None else load_restorer(None, medical=True)
+        return _inpaint_volume_file(model, source, mask, target, extras, samples, iterations,
+                                    tile, seed, progress)
     image = read_image(source)
     holes = read_image(mask, channels=1)[..., 0]  # inpaint checks that the sizes match
     result = inpaint(image, holes, model, samples=samples, iterations=iterations, tile=tile,
@@ -184,3 +190,31 @@ def inpaint_file(model: torch.nn.Module | None, source: str | os.PathLike,
     for k, path in enumerate(extras, start=1):
         write_image(path, result.samples[k], depth)
     return Written(target, extras), result
+
+
+def _inpaint_volume_file(model: torch.nn.Module, source: Path, mask: str | os.PathLike,
+                         target: Path, extras: list[Path], samples: int, iterations: int,
+                         tile: int, seed: int, progress: Callable[[int, int], None] | None,
+                         ) -> tuple[Written, Inpainted]:
+    """``inpaint_file`` for a medical input, slice by slice on the scale of its used bits."""
+    volume = medical.read_volume(source)
+    holes = read_image(mask, channels=1)[..., 0]
+    top = float(2**volume.bits - 1)
+    values = volume.unsigned()
+    fills = []
+    for i, plane in enumerate(values):
+        step = None if progress is None else (
+            lambda done, total, i=i: progress(i * total + done, len(values) * total))
+        fills.append(inpaint(plane.astype(np.float32) / top, holes, model, samples=samples,
+                             iterations=iterations, tile=tile, seed=seed + i,
+                             progress=step).samples)  # (K, H, W)
+    filled = np.stack(fills, 1)  # (K, S, H, W) in [0, 1]
+    unknown = holes > 0.5
+    outputs = []
+    for k, path in enumerate([target, *extras]):
+        out = volume.values.copy()  # the known values exactly as stored
+        new = np.rint(filled[k].astype(np.float64) * top) + volume.offset
+        out[:, unknown] = new[:, unknown].clip(volume.values.min(), volume.values.max())
+        medical.write_volume(path, volume, out, derived="Inpainted by clearvae")
+        outputs.append(out)
+    return Written(target, extras), Inpainted(filled)

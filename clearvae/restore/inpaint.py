@@ -69,10 +69,11 @@ class Inpainted:
         return self.samples.mean(0)
 
 
-def load_restorer(path: str | os.PathLike | None) -> torch.nn.Module:
-    """A denoiser (None: the bundled one) or any VAE model file; the codec is refused."""
+def load_restorer(path: str | os.PathLike | None, medical: bool = False) -> torch.nn.Module:
+    """A denoiser (None: the bundled photo one, or with ``medical`` the MRI one) or any VAE
+    model file; the codec is refused."""
     if path is None:
-        return load_denoiser()
+        return load_denoiser(medical=medical)
     loaded = checkpoint.load_file(path)
     if loaded.model_config.get("kind") == "hyperprior":
         raise ModelFileError(f"'{path}' is an image codec; inpainting needs a VAE or a denoiser")
@@ -81,8 +82,8 @@ def load_restorer(path: str | os.PathLike | None) -> torch.nn.Module:
 
 def _draw(model: torch.nn.Module, x: Tensor) -> Tensor:
     """One decoded posterior draw per image of x (B, C, H, W)."""
-    if isinstance(model, DenoisingVAE):
-        return model.draw(x)
+    if isinstance(model, DenoisingVAE):  # a 2.5-D model sees the plane as its own neighbours
+        return model.draw(x.repeat(1, 2 * model.config.context_slices + 1, 1, 1))
     if isinstance(model, VAE):
         return model.likelihood.mean(model(x).params)
     raise ModelFileError(f"cannot inpaint with a {type(model).__name__}: use a VAE or a denoiser")
