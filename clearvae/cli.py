@@ -251,6 +251,10 @@ def build_train_config(args: argparse.Namespace) -> Any:
     for key, value in flags.items():
         if value is not None:
             set_nested(data, key.split("."), value)
+    if args.preset:
+        from clearvae.restore.presets import fit_preset_to_data
+
+        data = fit_preset_to_data(args.preset, data)
     for text in args.set:
         set_nested(data, *parse_override(text))
     return TrainConfig.from_dict(data)

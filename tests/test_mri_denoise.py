@@ -321,3 +321,24 @@ def test_inpainting_a_16_bit_slice_keeps_every_known_value(tmp_path):
     assert np.array_equal(out[known], clean[known])
     assert not np.array_equal(out[~known], clean[~known])
     assert out[~known].max() <= clean.max() and result.samples.shape == (2, 1, 48, 48)
+
+
+def test_train_denoise_noisy_on_volumes_learns_rician_2_5d_from_them_alone(tmp_path, capsys):
+    data = tmp_path / "noisy"
+    data.mkdir()
+    for i in range(2):
+        noisy = np.stack([phantom(64, sigma=0.04, seed=10 * i + z) for z in range(3)], -1)
+        nib.save(nib.Nifti1Image((noisy * 2000).astype(np.uint16), np.eye(4)),
+                 data / f"v{i}.nii.gz")
+    main(["train", "--preset", "denoise-noisy", "--data", str(data), "--out",
+          str(tmp_path / "run"), "--max-steps", "2", "--set", "batch_size=2",
+          "--set", "ema_decay=0", "--set", "model.backbone.widths=[8,16]",
+          "--set", "model.backbone.blocks=1"])
+    out = capsys.readouterr().out
+    assert "Rician" in out and "noise model estimated" in out
+    loaded = checkpoint.load_file(tmp_path / "run" / "model.safetensors")
+    noise = loaded.model_config["noise"]
+    assert noise["kind"] == "rician" and loaded.model_config["backbone"]["context_slices"] == 1
+    stored = max(int(np.asanyarray(nib.load(p).dataobj).max()) for p in data.iterdir())
+    expected = 0.04 * 2000 / (2 ** stored.bit_length() - 1) * 255  # on the used bits' scale
+    assert noise["sigma"] == pytest.approx(expected, rel=0.1)

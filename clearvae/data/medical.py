@@ -208,6 +208,14 @@ def write_volume(path: str | os.PathLike, volume: Volume, values: np.ndarray,
 MEDICAL_FILES = (".dcm", ".nii", ".nii.gz")
 
 
+def holds_medical(path: str | os.PathLike) -> bool:
+    """Whether a dataset folder is medical: DICOM files in it, or .dcm / .nii(.gz) files
+    anywhere below it."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (is_medical(path) or any(
+        p.name.lower().endswith(MEDICAL_FILES) for p in path.rglob("*")))
+
+
 class MedicalSlices:
     """The 2-D slices of every DICOM file and NIfTI volume under a folder (recursively), as a
     training dataset of (1, H, W) float32 tensors in [0, 1]: each volume's unsigned values

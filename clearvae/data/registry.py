@@ -52,8 +52,7 @@ def open_dataset(spec: str, split: str = "train", *,
         from clearvae.data import medical
 
         path = Path(spec).expanduser()
-        if path.is_dir() and (medical.is_medical(path) or any(
-                p.name.lower().endswith(medical.MEDICAL_FILES) for p in path.rglob("*"))):
+        if medical.holds_medical(path):
             return medical.MedicalSlices(path, check_fit(size, mode), mode, context=context)
         return Repeated(open_dataset(spec, split, size=size, mode=mode, channels=channels,
                                      on_error=on_error, preload=preload,
@@ -79,8 +78,7 @@ def open_dataset(spec: str, split: str = "train", *,
                         f"'{split}'), or use a digits CSV file for training")
     from clearvae.data import medical
 
-    if any(p.name.lower().endswith(medical.MEDICAL_FILES) for p in path.rglob("*")) or \
-            medical.is_medical(path):  # DICOM / NIfTI: their slices, at their own bit depth
+    if medical.holds_medical(path):  # DICOM / NIfTI: their slices, at their own bit depth
         return medical.MedicalSlices(path, check_fit(size, mode), mode)
     splits = sorted(p.name for p in path.iterdir()
                     if p.is_dir() and p.name.lower() in SPLIT_FOLDERS)

@@ -57,6 +57,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def fit_preset_to_data(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``denoise-noisy`` on medical volumes (every part of ``data.train`` a folder of DICOM or
+    NIfTI files): Rician noise, 2.5-D, each volume on the scale of its used bits, as magnitude
+    MRI needs; ``--set`` given after this still overrides. Other presets and data unchanged."""
+    from clearvae.data.medical import holds_medical
+
+    train = str(config.get("data", {}).get("train") or "")
+    parts = [p.strip() for p in train.split(",") if p.strip()]
+    if name != "denoise-noisy" or not parts or not all(holds_medical(p) for p in parts):
+        return config
+    config = copy.deepcopy(config)
+    config["model"]["noise"] = {**config["model"]["noise"], "kind": "rician"}
+    config["model"]["backbone"] = {**config["model"]["backbone"], "context_slices": 1}
+    config["data"] = {**config["data"], "value_range": "used"}
+    print("denoise-noisy on DICOM / NIfTI volumes: Rician noise (sigma from the background), "
+          "2.5-D (each slice with its two neighbours), values on their used bits")
+    return config
+
+
 def preset(name: str) -> dict[str, Any]:
     """A fresh copy of the training config ``name`` (plain data, for overrides)."""
     if name not in PRESETS:
