@@ -255,9 +255,9 @@ def denoise_volume(volume: np.ndarray, model: DenoisingVAE | str | os.PathLike |
     the slice alone. One noise level for the whole volume (Rician models: from its background
     unless ``sigma``); the arrays of ``Denoised`` are (S, H, W), ``samples`` (K, S, H, W).
     Memory: the model runs on one slice stack at a time. ``progress`` gets (slices done,
-    slices)."""
+    slices). ``model`` None: the bundled MRI denoiser."""
     if not isinstance(model, DenoisingVAE):
-        model = load_denoiser(model)
+        model = load_denoiser(model, medical=True)
     _check_samples(model, samples, keep_samples)
     model = model.eval()
     volume = np.asarray(volume)
