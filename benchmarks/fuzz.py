@@ -155,7 +155,7 @@ def _medical_seeds() -> list[tuple[str, bytes]]:
 
 def mutate_volume(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
     """A format-3 file with a header field, a length, a byte or its end changed."""
-    from clearvae.codec import container
+    from clearvae.codec import volume_container
 
     data = bytearray(seed)
     op = rng.choice(["field", "field", "field", "byte", "byte", "truncate", "append"])
@@ -163,7 +163,7 @@ def mutate_volume(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
     if op == "field":
         fields = [(5, "B"), (6, "B"), (7, "B"), (8, "H"), (10, "B"), (11, "B"), (20, "i"),
                   (24, "I"), (28, "I"), (32, "I"), (36, "H"), (38, "I")]
-        _, meta, table = container.read_volume_header(bytes(data), max_pixels=2**40)
+        _, meta, table = volume_container.read_volume_header(bytes(data), max_pixels=2**40)
         fields += [(table + 4 * i, "I") for i in range(min(4, (len(data) - table) // 4))]
         pos, code = rng.choice(fields)
         (old,) = struct.unpack_from("<" + code, data, pos)

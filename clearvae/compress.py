@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clearvae.codec import container
+from clearvae.codec import container, volume_container
 from clearvae.codec.codec import Codec, Progress
 from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
 from clearvae.data import dicom, medical, read_image_bit_depth, write_image
@@ -134,7 +134,7 @@ def _compress_volume(codec: Codec, source: Path, target: Path, settings: Setting
                          max_bytes=settings.max_bytes, target_psnr=settings.target_psnr,
                          refine_progress=progress)
     _write(target, data)
-    _, _, records = container.unpack_volume(data, str(target))
+    _, _, records = volume_container.unpack_volume(data, str(target))
     steps = [r.quality_steps for r in records.values()]
     return Result(source, target, len(data), volume.values.size,
                   float(np.mean(steps)) / container.QUALITY_STEPS, settings.effort)
@@ -142,7 +142,7 @@ def _compress_volume(codec: Codec, source: Path, target: Path, settings: Setting
 
 def is_volume_file(data: bytes) -> bool:
     """Whether ``.cvae`` bytes hold a gray volume (format 3), for the gray codec."""
-    return container.is_volume(data)
+    return volume_container.is_volume(data)
 
 
 def volume_target(source: Path, kind: str) -> Path:
@@ -162,7 +162,7 @@ def decompress_file(codec: Codec, source: str | os.PathLike,
         data = source.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read '{source}': {exc.strerror or exc}") from None
-    if container.is_volume(data):
+    if volume_container.is_volume(data):
         return _decompress_volume(codec, source, data, None if default else Path(target),
                                   overwrite, max_pixels)
     target = source.with_suffix(".png") if default else Path(target)
@@ -184,11 +184,11 @@ def decompress_file(codec: Codec, source: str | os.PathLike,
 
 def _decompress_volume(codec: Codec, source: Path, data: bytes, target: Path | None,
                        overwrite: bool, max_pixels: int) -> Result:
-    header, stored_meta, _ = container.read_volume_header(data, str(source), max_pixels)
+    header, stored_meta, _ = volume_container.read_volume_header(data, str(source), max_pixels)
     default = target is None
     target = volume_target(source, header.kind) if default else target
     series = header.kind == "dicom" and dicom.parse_meta(
-        container.decompress_meta(stored_meta, str(source)))[0]
+        volume_container.decompress_meta(stored_meta, str(source)))[0]
     if series and default:
         target = source.with_suffix("")
     if default and target.exists():  # beside the .cvae file: maybe the original
@@ -209,7 +209,7 @@ def _decompress_volume(codec: Codec, source: Path, data: bytes, target: Path | N
         medical.write_volume(target, volume, volume.values, lossy)
     except OSError as exc:
         raise DataError(f"cannot write '{target}': {exc.strerror or exc}") from None
-    steps = container.unpack_volume(data, str(source), max_pixels)[2]
+    steps = volume_container.unpack_volume(data, str(source), max_pixels)[2]
     quality = float(np.mean([r.quality_steps for r in steps.values()])) / 16
     return Result(source, target, len(data), volume.values.size, quality, header.effort)
 

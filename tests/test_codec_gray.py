@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clearvae.codec import container
+from clearvae.codec import volume_container
 from clearvae.codec.codec import Codec
 from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
 from clearvae.codec.model import HyperpriorCodec, HyperpriorCodecConfig, rd_loss
@@ -64,7 +64,7 @@ def test_bounded_error_holds_for_every_value(codec, volume, k):
 def test_lossless_is_smaller_than_the_raw_values_and_picks_the_best_quality(codec, volume):
     data = compress_gray(codec, volume, max_error=0)
     assert len(data) < volume.values.size * 12 / 8
-    _, _, records = container.unpack_volume(data)
+    _, _, records = volume_container.unpack_volume(data)
     assert all(r.quality_steps == 0 or 16 <= r.quality_steps <= 16 * codec.qualities
                for r in records.values())  # 0: no lossy layer
     for q in (2, 8):  # the search found no worse than these fixed qualities
@@ -156,9 +156,9 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_decoding(codec, volum
 
 
 def test_a_metadata_bomb_is_refused(codec, volume):
-    meta = zlib.compress(b"\0" * (container.MAX_META + 10), 9)
+    meta = zlib.compress(b"\0" * (volume_container.MAX_META + 10), 9)
     with pytest.raises(DataError, match="larger than"):
-        container.decompress_meta(meta)
+        volume_container.decompress_meta(meta)
 
 
 def test_bad_options_are_refused(codec, volume):
@@ -188,7 +188,7 @@ def test_edited_record_quality_or_residual_parameters_are_found(codec, volume):
     """Fields outside the header, edited with the CRC recomputed: the check symbols (which
     derive from the record's quality and the residual's parameters too) notice."""
     data = compress_gray(codec, volume, max_error=0, quality=3)
-    _, meta, table = container.read_volume_header(data)
+    _, meta, table = volume_container.read_volume_header(data)
     first = table + 4 * volume.values.shape[0]  # slice 0's record: quality, then parameters
     for offset in (0, 3 + 2):  # the quality steps; the first predictor weight
         edited = bytearray(data)

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clearvae.codec import container, residual
+from clearvae.codec import container, residual, volume_container
 from clearvae.codec.codec import Codec, Prepared, Progress
-from clearvae.codec.container import QUALITY_STEPS, SliceRecord, VolumeHeader
+from clearvae.codec.container import QUALITY_STEPS
 from clearvae.codec.tiling import tile_size
+from clearvae.codec.volume_container import SliceRecord, VolumeHeader
 from clearvae.errors import ConfigError, DataError
 
 MAX_ERROR = 1 << 15  # largest K: beyond it the residual is nothing but a worse lossy code
@@ -47,8 +48,8 @@ class GrayVolume:
 
     values: np.ndarray  # (S, H, W) integers in 0 .. 2**bits - 1
     bits: int
-    kind: str = "image"  # container.KINDS: where the slices came from
-    dtype: str = "uint16"  # the stored dtype (container.DTYPES)
+    kind: str = "image"  # volume_container.KINDS: where the slices came from
+    dtype: str = "uint16"  # the stored dtype (volume_container.DTYPES)
     offset: int = 0  # stored value = value + offset
     meta: bytes = b""  # the source's header, as its reader serialised it
 
@@ -80,11 +81,11 @@ def compress_gray(codec: Codec, volume: GrayVolume, quality: float | None = None
     tile = tile_size(h, w, tile)
     header = VolumeHeader(volume.kind, bits, max_error, effort, volume.dtype, codec.id,
                           volume.offset, s, h, w, 0 if tile >= max(h, w) else tile)
-    meta = container.compress_meta(volume.meta)
+    meta = volume_container.compress_meta(volume.meta)
     key = header.key(meta)
     fixed = 0
     if "max_bytes" in given:  # shared out by pixels, less the file's own bytes
-        fixed = container.volume_overhead(len(meta), s, header.tile_count())
+        fixed = volume_container.volume_overhead(len(meta), s, header.tile_count())
         budget = max_bytes - fixed
         if budget < s * 2:
             raise DataError(f"max_bytes {max_bytes} cannot hold even the header and metadata "
@@ -118,7 +119,7 @@ def compress_gray(codec: Codec, volume: GrayVolume, quality: float | None = None
                                            effort, slice_key, refine_progress, hint))
         if progress is not None:
             progress(i + 1, s)
-    data = container.pack_volume(header, meta, records)
+    data = volume_container.pack_volume(header, meta, records)
     if max_bytes is not None and len(data) > max_bytes:
         raise DataError(f"cannot fit the volume in {max_bytes} bytes: the lowest quality gives "
                         f"{len(data)}")
@@ -131,7 +132,7 @@ def decompress_gray(codec: Codec, data: bytes, name: str = "input",
                     ) -> tuple[GrayVolume, VolumeHeader]:
     """``.cvae`` (format 3) bytes -> the volume (only the slices ``which``, if given) and its
     header. Every slice is checked (model, streams, check symbols) as it is decoded."""
-    header, meta, records = container.unpack_volume(data, name, max_pixels, which)
+    header, meta, records = volume_container.unpack_volume(data, name, max_pixels, which)
     if header.model_id != codec.id:
         raise DataError(f"'{name}' was compressed with another model (id "
                         f"{header.model_id.hex()}); this is {codec.name} (id {codec.id.hex()}): "
@@ -162,7 +163,7 @@ def decompress_gray(codec: Codec, data: bytes, name: str = "input",
                                  header.max_error, p, codec.tables.residual,
                                  _residual_check(_record_key(slice_key, record.quality_steps)))
     volume = GrayVolume(out, header.bits, header.kind, header.dtype, header.offset,
-                        container.decompress_meta(meta, name))
+                        volume_container.decompress_meta(meta, name))
     return volume, header
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clearvae.codec import baselines, container
+from clearvae.codec import baselines, volume_container
 from clearvae.codec.codec import Codec, Progress
 from clearvae.compress import (
     Settings,
@@ -61,7 +61,7 @@ def compress(job: Job, codec: Codec, source: Path, settings: Settings, drop_alph
     data = result.target.read_bytes()
     if is_gray_volume(source):  # 16-bit gray: the stored values, in the bits they use
         original = read_pixels(source, max_pixels)
-        bits = container.read_volume_header(data)[0].bits
+        bits = volume_container.read_volume_header(data)[0].bits
     else:
         original, bits = read_for_codec(source, drop_alpha), 8
     back = read_pixels(decoded, max_pixels).reshape(original.shape)

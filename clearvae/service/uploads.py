@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clearvae.codec import container
+from clearvae.codec import container, volume_container
 from clearvae.data.images import opened
 from clearvae.errors import DataError
 from clearvae.service.errors import ServiceError
@@ -90,8 +90,8 @@ def save_cvae(folder: Path, field: str, data: bytes, max_pixels: int) -> tuple[P
     ``max_pixels`` pixels; 415 for volumes that decode to DICOM or NIfTI, which this server
     does not write). Returns the path and the id of the model that coded it."""
     try:
-        if container.is_volume(data):
-            header, _, _ = container.unpack_volume(data, field, ANY_SIZE)
+        if volume_container.is_volume(data):
+            header, _, _ = volume_container.unpack_volume(data, field, ANY_SIZE)
             pixels = header.slices * header.height * header.width
             if header.kind != "image" or header.slices != 1:
                 raise ServiceError(415, f"'{field}' holds a {header.kind} volume of "
