@@ -60,8 +60,17 @@ class DataConfig(Config):
     # "used": integer images divided by 2**bits - 1 for the bits they use (12-bit MRI in a
     # 16-bit PNG spans [0, 1], as the gray codec sees it); "container": by 255 / 65535
     value_range: Literal["container", "used"] = "container"
+    scale: tuple[float, float] | None = None  # crops of image folders: random downscaling
+    flat_share: float = 0.0  # share of training crops replaced by flat and smooth images
 
     def validate(self) -> None:
+        from clearvae.data.images import check_scale
+
+        check_scale(self.scale)
+        check_range("data.flat_share", self.flat_share, 0, finite=True)
+        if self.flat_share > 1:
+            raise ConfigError(f"data.flat_share is a share of the crops, in [0, 1]; got "
+                              f"{self.flat_share}")
         if self.value_range not in ("container", "used"):
             raise ConfigError(f"data.value_range must be 'container' or 'used', got "
                               f"{self.value_range!r}")
@@ -231,8 +240,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     if dataset is None:
         dataset = open_dataset(d.train, "train", size=d.size, mode=d.mode, channels=d.channels,
                                on_error=d.on_error, preload=d.preload,
-                               value_range=d.value_range,
-                               context=getattr(config.model, "context_slices", 0))
+                               value_range=d.value_range, scale=d.scale,
+                               context=_slice_context(config.model))
+        if d.flat_share:
+            from clearvae.data.registry import WithFlat
+
+            dataset = WithFlat(dataset, d.flat_share)
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps,
                           fabric.global_rank, fabric.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
@@ -541,6 +554,12 @@ def _ema_warning(config: TrainConfig) -> str | None:
             f"is only max_steps {n} long: {share:.0%} of the saved model (the averaged "
             f"weights) would still be its random initial weights"
             + (", so it would sample noise. " if share > 0.5 else ". ") + advice)
+
+
+def _slice_context(model: Config) -> int:
+    """Neighbouring slices on each side that a 2.5-D denoiser's data must stack (a codec's
+    ``context_slices`` are latent channel slices, not image slices)."""
+    return model.context_slices if model.kind == "denoiser" else 0
 
 
 def _fit_to_data(config: TrainConfig, dataset: Any = None) -> TrainConfig:

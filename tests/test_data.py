@@ -482,3 +482,39 @@ def test_comma_separated_specs_are_used_together() -> None:
     both = open_dataset("synthetic-digits:5, synthetic-digits:7")
     assert len(both) == 12
     assert both[(6, 3)].shape == (1, 28, 28)
+
+
+def test_downscaled_crops_and_flat_crops(tmp_path):
+    from clearvae.data.images import fit_to_size
+    from clearvae.data.registry import WithFlat
+
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 200, 300)).astype(np.float32)
+    plain = fit_to_size(image, (64, 64), "crop", seed=3)
+    scaled = fit_to_size(image, (64, 64), "crop", seed=3, scale=(0.25, 0.5))
+    assert scaled.shape == plain.shape == (3, 64, 64)
+    # averaging many noisy pixels into one: the downscaled crop is much smoother
+    assert np.abs(np.diff(scaled, axis=-1)).mean() < 0.6 * np.abs(np.diff(plain, axis=-1)).mean()
+    assert np.array_equal(fit_to_size(image, (64, 64), "crop", seed=None, scale=(0.25, 0.5)),
+                          fit_to_size(image, (64, 64), "crop", seed=None))  # eval: as before
+    with pytest.raises(ConfigError, match="scale"):
+        ImageFolder(tmp_path, 16, scale=(0.5, 2.0))
+
+    base = torch.utils.data.TensorDataset(torch.rand(10, 3, 16, 16))
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, key):
+            index = key[0] if isinstance(key, tuple) else key
+            return base[index][0]
+
+    mixed = WithFlat(Plain(), 0.5)
+    items = [mixed[(i, s)] for i in range(10) for s in range(4)]
+    flat = [x for x in items if float(x.std(dim=(1, 2)).max()) < 0.02 or
+            float(np.abs(np.diff(x.numpy(), 2, axis=-1)).max()) < 0.05]
+    assert 0.25 * len(items) < len(flat) < 0.75 * len(items)
+    assert all(x.shape == (3, 16, 16) and 0 <= x.min() and x.max() <= 1 for x in items)
+    assert torch.equal(mixed[(3, 1)], mixed[(3, 1)])  # seeded: the same item again
+    assert torch.equal(mixed[3], base[3][0])  # unseeded (evaluation): never replaced

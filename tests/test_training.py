@@ -168,8 +168,8 @@ def test_a_codec_trains_in_mixed_precision_and_codes_a_real_file(tmp_path):
 
     config = _config(tmp_path, precision="bf16-mixed", max_steps=4, batch_size=4,
                      model={"kind": "hyperprior", "channels_n": 8, "channels_m": 8,
-                            "image_channels": 1})
-    path = train(config)
+                            "image_channels": 1, "context_slices": 2})
+    path = train(config)  # its context_slices are latent slices: the data stays 2-D
     codec = load_codec(path)
     digit = (torch.rand(28, 28, 1) * 255).to(torch.uint8).numpy()
     assert codec.decompress(codec.compress(digit, quality=4)).shape == (28, 28, 1)

@@ -240,6 +240,18 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return files
 
 
+def check_scale(scale: Any) -> tuple[float, float] | None:
+    """Validate a random downscaling range (lo, hi) with 0 < lo <= hi <= 1, or None."""
+    if scale is None:
+        return None
+    ok = isinstance(scale, (tuple, list)) and len(scale) == 2 and all(
+        isinstance(v, (int, float)) and np.isfinite(v) for v in scale)
+    if not ok or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"scale must be a downscaling range [lo, hi] with 0 < lo <= hi <= 1, "
+                          f"got {scale!r}")
+    return float(scale[0]), float(scale[1])
+
+
 def check_fit(size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] | None:
     """Validate ``size`` and ``mode``; ``size`` as (H, W), or None for the whole image."""
     if mode not in ("crop", "resize", "full"):
@@ -255,20 +267,40 @@ def check_fit(size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] 
     return pair[0], pair[1]
 
 
+def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(C, H, W) float image resized to (C, h, w): Lanczos (antialiased), clipped to [0, 1]."""
+    channels = [Image.fromarray(np.ascontiguousarray(c, dtype=np.float32))  # mode "F"
+                .resize((w, h), Image.Resampling.LANCZOS) for c in image]
+    return np.clip(np.stack([np.asarray(c) for c in channels]), 0.0, 1.0)
+
+
 def fit_to_size(image: np.ndarray, size: tuple[int, int] | None, mode: str,
-                seed: int | None = None) -> np.ndarray:
+                seed: int | None = None, scale: tuple[float, float] | None = None,
+                ) -> np.ndarray:
     """Crop (reflection-padding small images) or resize a (C, H, W) float image to ``size``.
 
     A crop is centred when ``seed`` is None, else placed by ``seed``; resizing is Lanczos
     (antialiased) and does not keep the aspect ratio. ``size`` None returns ``image`` as is.
+    ``scale`` (lo, hi), for seeded crops: the image is first downscaled by a factor drawn
+    log-uniformly from [lo, hi] (never below the crop), as learned codecs train on large
+    photos (their detail at the statistics of smaller ones, camera noise averaged away);
+    done as a crop of size / factor resized to size.
     """
     if size is None or mode == "full":
         return image
     h, w = size
     if mode == "resize":
-        channels = [Image.fromarray(np.ascontiguousarray(c, dtype=np.float32))  # mode "F"
-                    .resize((w, h), Image.Resampling.LANCZOS) for c in image]
-        return np.clip(np.stack([np.asarray(c) for c in channels]), 0.0, 1.0)
+        return _resized(image, h, w)
+    if scale is not None and seed is not None:
+        rng = np.random.default_rng(seed)
+        lo, hi = scale
+        factor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        factor = max(factor, h / image.shape[1], w / image.shape[2])
+        if factor < 1:
+            ch, cw = round(h / factor), round(w / factor)
+            top = int(rng.integers(image.shape[1] - ch + 1))
+            left = int(rng.integers(image.shape[2] - cw + 1))
+            return _resized(image[:, top : top + ch, left : left + cw], h, w)
     pad_h, pad_w = max(h - image.shape[1], 0), max(w - image.shape[2], 0)
     if pad_h or pad_w:
         image = np.pad(image, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
@@ -293,9 +325,10 @@ def split_key(key: int | tuple[int, int], length: int) -> tuple[int, int | None]
 
 def to_image_tensor(pixels: np.ndarray, size: tuple[int, int] | None, mode: str,
                     seed: int | None = None, value_range: ValueRange = "container",
-                    ) -> torch.Tensor:
+                    scale: tuple[float, float] | None = None) -> torch.Tensor:
     """(H, W, C) integer pixels -> float32 (C, H, W) tensor in [0, 1], fitted to ``size``."""
-    image = fit_to_size(_to_float(pixels, value_range).transpose(2, 0, 1), size, mode, seed)
+    image = fit_to_size(_to_float(pixels, value_range).transpose(2, 0, 1), size, mode, seed,
+                        scale)
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
 
@@ -306,12 +339,13 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, size: int | tuple[int, int] | None = None,
                  mode: Mode = "crop", channels: int = 3,
                  on_error: Literal["raise", "skip"] = "raise", preload: bool = False,
-                 value_range: ValueRange = "container") -> None:
+                 value_range: ValueRange = "container",
+                 scale: tuple[float, float] | None = None) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
         if value_range not in ("container", "used"):
             raise ConfigError(f"value_range must be 'container' or 'used', got {value_range!r}")
-        self.value_range = value_range
+        self.value_range, self.scale = value_range, check_scale(scale)
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root, self.files = Path(root), list_images(root)
@@ -345,7 +379,8 @@ class ImageFolder(torch.utils.data.Dataset):
         for step in range(len(self)):  # a bad image is replaced by the next good one
             pixels = self._pixels((index + step) % len(self))
             if pixels is not None:
-                return to_image_tensor(pixels, self.size, self.mode, seed, self.value_range)
+                return to_image_tensor(pixels, self.size, self.mode, seed, self.value_range,
+                                       self.scale)
         raise DataError(f"none of the {len(self)} images under '{self.root}' can be read")
 
     def validate(self) -> list[Path]:

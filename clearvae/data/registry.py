@@ -8,6 +8,7 @@ import itertools
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from clearvae.data.images import ImageFolder, Mode, ValueRange, check_fit
@@ -31,14 +32,16 @@ def open_dataset(spec: str, split: str = "train", *,
                  size: int | tuple[int, int] | None = None, mode: Mode = "crop",
                  channels: int | None = None, on_error: Literal["raise", "skip"] = "raise",
                  preload: bool = False, value_range: ValueRange = "container",
-                 context: int = 0) -> torch.utils.data.Dataset:
+                 context: int = 0, scale: tuple[float, float] | None = None,
+                 ) -> torch.utils.data.Dataset:
     """The dataset that ``spec`` names, its images cut to ``size`` as ``mode`` says.
 
     ``spec`` is ``synthetic-digits[:N]``, a digits CSV file, a folder holding MNIST IDX
     files (``split`` picks train or t10k), or any other folder of images (RGB unless
     ``channels`` says otherwise); several of them joined by commas are used together.
     ``on_error``, ``preload`` (decode every file once, up front, and keep the pixels in
-    memory) and ``value_range`` (``ImageFolder``) apply to image folders. ``context`` k > 0
+    memory), ``value_range`` and ``scale`` (random downscaling of crops, ``ImageFolder``)
+    apply to image folders. ``context`` k > 0
     serves stacks of 2k + 1 slices for 2.5-D models: neighbours from DICOM / NIfTI volumes,
     the image repeated for everything else (``Repeated``).
     """
@@ -47,7 +50,8 @@ def open_dataset(spec: str, split: str = "train", *,
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         return Concat([open_dataset(p, split, size=size, mode=mode, channels=channels,
                                     on_error=on_error, preload=preload,
-                                    value_range=value_range, context=context) for p in parts])
+                                    value_range=value_range, context=context, scale=scale)
+                       for p in parts])
     if context:
         from clearvae.data import medical
 
@@ -56,7 +60,7 @@ def open_dataset(spec: str, split: str = "train", *,
             return medical.MedicalSlices(path, check_fit(size, mode), mode, context=context)
         return Repeated(open_dataset(spec, split, size=size, mode=mode, channels=channels,
                                      on_error=on_error, preload=preload,
-                                     value_range=value_range), 2 * context + 1)
+                                     value_range=value_range, scale=scale), 2 * context + 1)
     fit = {"size": size, "mode": mode, "channels": channels}
     if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
         digits = SyntheticDigits(_synthetic_count(spec))
@@ -85,7 +89,45 @@ def open_dataset(spec: str, split: str = "train", *,
     if splits:  # a parent of split folders: taking all would mix training and test images
         raise DataError(f"'{spec}' holds the split folders {', '.join(splits)}: give one of "
                         f"them, e.g. '{path / splits[0]}'")
-    return ImageFolder(path, size, mode, channels or 3, on_error, preload, value_range)
+    return ImageFolder(path, size, mode, channels or 3, on_error, preload, value_range, scale)
+
+
+class WithFlat(torch.utils.data.Dataset):
+    """``dataset`` with a share of its seeded items replaced by flat and smooth images of the
+    same shape: a constant colour (black, white or random) or a linear ramp between two
+    colours, some with faint noise. Photos hold few such areas, and a codec that has not seen
+    them decodes them as faint texture (docs/benchmarks.md, block seams and flat areas)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, share: float) -> None:
+        self.dataset, self.share = dataset, share
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            return self.dataset[key]
+        rng = np.random.default_rng([index % len(self), seed, 0xF1A7])
+        if rng.random() >= self.share:
+            return self.dataset[key]
+        like = self.dataset[key]  # (C, H, W): the shape (and a crop not used)
+        c, h, w = like.shape
+        kind = rng.integers(4)
+        if kind == 0:  # black or white
+            a = b = np.full(c, float(rng.integers(2)))
+        elif kind == 1:  # one colour
+            a = b = rng.random(c)
+        else:  # a ramp between two colours
+            a, b = rng.random(c), rng.random(c)
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[:h, :w]
+        t = (np.cos(angle) * xx / max(w - 1, 1) + np.sin(angle) * yy / max(h - 1, 1))
+        t = (t - t.min()) / max(float(np.ptp(t)), 1e-9)
+        image = a[:, None, None] + (b - a)[:, None, None] * t[None]
+        if kind == 3:  # faint sensor-like noise
+            image = image + rng.normal(0, rng.uniform(0.5, 2.0) / 255, image.shape)
+        return torch.from_numpy(np.clip(image, 0, 1).astype(np.float32))
 
 
 class Repeated(torch.utils.data.Dataset):
