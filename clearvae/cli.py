@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-alpha", action="store_true", help="code images with transparency "
                    "without their alpha channel")
     s.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    s.add_argument("--key-file", metavar="K", help="seal each file with the secret key in K "
+                   "(HMAC-SHA256; at least 16 bytes, e.g. from /dev/urandom), so that any later "
+                   "change is detected; decompress then needs the same --key-file")
     s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", help="decompress .cvae files to PNG, or to the DICOM, "
@@ -79,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                    "a larger image (default %(default)s, 16384 x 16384)")
     s.add_argument("--force", action="store_true", help="overwrite existing outputs (never "
                    "an image that clearvae did not write: give -o for that)")
+    s.add_argument("--key-file", metavar="K", help="check each file's seal with the key in "
+                   "K before decoding: a changed file, another key or an unsealed file is an "
+                   "error")
     s.set_defaults(func=cmd_decompress)
 
     s = sub.add_parser("denoise", help="denoise images with a denoising VAE")
@@ -401,10 +407,12 @@ class _Codecs:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from clearvae.codec.signing import read_key
     from clearvae.compress import Settings, compress_file, is_gray_volume, target_for
     from clearvae.data import IMAGE_EXTENSIONS
 
     codecs = _Codecs(args.model)
+    key = read_key(args.key_file) if args.key_file else None
     settings = Settings(args.quality, args.effort, args.tile, args.target_bpp, args.max_bytes,
                         args.target_psnr, args.max_error)
     pairs = _pairs(args.inputs, args.output, IMAGE_EXTENSIONS + MEDICAL_SUFFIXES, ".cvae",
@@ -415,7 +423,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         try:
             codec = codecs(is_gray_volume(source))
             r = compress_file(codec, source, target, settings, args.drop_alpha,
-                              overwrite=args.force, progress=_EncodeProgress(source))
+                              overwrite=args.force, progress=_EncodeProgress(source),
+                              key=key)
         except ClearvaeError as exc:
             print(f"clearvae compress: error: {exc}", file=sys.stderr)
             failed.append(source)
@@ -437,18 +446,20 @@ def _bytes_of(path: Path) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    from clearvae.codec.signing import read_key
     from clearvae.compress import decompress_file, is_volume_file
 
     codecs = _Codecs(args.model)
+    key = read_key(args.key_file) if args.key_file else None
     pairs = _pairs(args.inputs, args.output, (".cvae",), ".png")
     failed = []
     for source, target in pairs:
         try:
             with open(source, "rb") as f:
-                gray = is_volume_file(f.read(8))
+                gray = is_volume_file(f.read(32))
             # no -o: the default name, which --force may not take from an image not ours
             r = decompress_file(codecs(gray), source, target if args.output else None,
-                                overwrite=args.force, max_pixels=args.max_pixels)
+                                overwrite=args.force, max_pixels=args.max_pixels, key=key)
         except OSError as exc:
             print(f"clearvae decompress: error: cannot read '{source}': {exc.strerror}",
                   file=sys.stderr)

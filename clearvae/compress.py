@@ -8,6 +8,7 @@ chunk), so that ``--force`` may replace an earlier decode but never the original
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clearvae.codec import container, volume_container
+from clearvae.codec import container, signing, volume_container
 from clearvae.codec.codec import Codec, Progress
 from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
 from clearvae.data import dicom, medical, read_image_bit_depth, write_image
@@ -100,14 +101,16 @@ def target_for(source: Path, suffix: str = SUFFIX) -> Path:
 def compress_file(codec: Codec, source: str | os.PathLike, target: str | os.PathLike | None = None,
                   settings: Settings = Settings(), drop_alpha: bool = False,
                   overwrite: bool = False, progress: Progress | None = None,
-                  max_pixels: int = container.MAX_PIXELS) -> Result:
+                  max_pixels: int = container.MAX_PIXELS, key: bytes | None = None) -> Result:
     """Compress one image file (or DICOM series folder); the ``.cvae`` file is written
-    atomically, at the end. Gray 12/16-bit sources (``is_gray_volume``) need a gray codec."""
+    atomically, at the end. Gray 12/16-bit sources (``is_gray_volume``) need a gray codec.
+    ``key``: seal the file with it (``codec.signing``; ``max_bytes`` counts the seal)."""
     source = Path(source)
     target = Path(target) if target else target_for(source)
     _check_target(source, target, overwrite)
+    settings = _room_for_seal(settings, key)
     if is_gray_volume(source):
-        return _compress_volume(codec, source, target, settings, progress, max_pixels)
+        return _compress_volume(codec, source, target, settings, progress, max_pixels, key)
     if settings.max_error is not None:
         raise DataError(f"'{source}' is an 8-bit image: --max-error and --lossless are for "
                         "12/16-bit gray images (DICOM, NIfTI, 16-bit PNG / TIFF)")
@@ -117,14 +120,24 @@ def compress_file(codec: Codec, source: str | os.PathLike, target: str | os.Path
                           effort=settings.effort, target_bpp=settings.target_bpp,
                           max_bytes=settings.max_bytes, target_psnr=settings.target_psnr,
                           progress=progress)
-    _write(target, data)
+    written = _write(target, data, key)
     header = container.read_header(data, str(target))
-    return Result(source, target, len(data), image.shape[0] * image.shape[1], header.quality,
+    return Result(source, target, written, image.shape[0] * image.shape[1], header.quality,
                   header.effort)
 
 
+def _room_for_seal(settings: Settings, key: bytes | None) -> Settings:
+    """``settings`` with ``max_bytes`` lowered by what the seal of ``key`` adds."""
+    if key is None or settings.max_bytes is None:
+        return settings
+    if settings.max_bytes <= signing.OVERHEAD:
+        raise DataError(f"--max-bytes {settings.max_bytes} leaves no room: the seal alone is "
+                        f"{signing.OVERHEAD} bytes")
+    return dataclasses.replace(settings, max_bytes=settings.max_bytes - signing.OVERHEAD)
+
+
 def _compress_volume(codec: Codec, source: Path, target: Path, settings: Settings,
-                     progress: Progress | None, max_pixels: int) -> Result:
+                     progress: Progress | None, max_pixels: int, key: bytes | None) -> Result:
     """The gray 12/16-bit path: the volume's stored integers, coded with its metadata."""
     volume = medical.read_volume(source, max_pixels)
     gray = GrayVolume(volume.unsigned(), volume.bits, volume.kind, str(volume.values.dtype),
@@ -133,15 +146,18 @@ def _compress_volume(codec: Codec, source: Path, target: Path, settings: Setting
                          max_error=settings.max_error, target_bpp=settings.target_bpp,
                          max_bytes=settings.max_bytes, target_psnr=settings.target_psnr,
                          refine_progress=progress)
-    _write(target, data)
+    written = _write(target, data, key)
     _, _, records = volume_container.unpack_volume(data, str(target))
     steps = [r.quality_steps for r in records.values()]
-    return Result(source, target, len(data), volume.values.size,
+    return Result(source, target, written, volume.values.size,
                   float(np.mean(steps)) / container.QUALITY_STEPS, settings.effort)
 
 
 def is_volume_file(data: bytes) -> bool:
-    """Whether ``.cvae`` bytes hold a gray volume (format 3), for the gray codec."""
+    """Whether ``.cvae`` bytes (their first 32 suffice; sealed or not) hold a gray volume
+    (format 3), for the gray codec."""
+    if signing.is_sealed(data):
+        data = data[signing.OVERHEAD - signing.TAG_BYTES :]
     return volume_container.is_volume(data)
 
 
@@ -153,15 +169,17 @@ def volume_target(source: Path, kind: str) -> Path:
 
 def decompress_file(codec: Codec, source: str | os.PathLike,
                     target: str | os.PathLike | None = None, overwrite: bool = False,
-                    max_pixels: int = container.MAX_PIXELS) -> Result:
+                    max_pixels: int = container.MAX_PIXELS, key: bytes | None = None) -> Result:
     """Decompress one ``.cvae`` file to an image (PNG unless ``target`` says otherwise), or a
-    gray volume back to its format (DICOM, NIfTI, 16-bit PNG)."""
+    gray volume back to its format (DICOM, NIfTI, 16-bit PNG). A sealed file needs its
+    ``key`` (and a ``key`` accepts only files sealed with it: ``codec.signing``)."""
     source = Path(source)
     default = target is None
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read '{source}': {exc.strerror or exc}") from None
+    data = signing.open_sealed(data, key, str(source))
     if volume_container.is_volume(data):
         return _decompress_volume(codec, source, data, None if default else Path(target),
                                   overwrite, max_pixels)
@@ -221,9 +239,13 @@ def _check_target(source: Path, target: Path, overwrite: bool) -> None:
         raise DataError(f"'{target}' exists: remove it or pass --force")
 
 
-def _write(target: Path, data: bytes) -> None:
+def _write(target: Path, data: bytes, key: bytes | None = None) -> int:
+    """Write a ``.cvae`` file atomically (sealed with ``key``); returns its size."""
+    if key is not None:
+        data = signing.seal(data, key)
     try:
         atomic_write(target, data)
+        return len(data)
     except OSError as exc:
         raise DataError(f"cannot write '{target}': {exc.strerror or exc}; nothing was "
                         "written") from None
