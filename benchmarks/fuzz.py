@@ -49,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("cvae", "model", "image", "volume", "medical")
+KINDS = ("cvae", "model", "image", "volume", "medical", "sealed")
+SEAL_KEY = b"fuzzing key, 32 bytes long......"  # the key the sealed seeds are sealed with
 BAD = ("traceback", "memory", "hang", "crash")
 CLASSES = ("clean", "success", *BAD)
 KEEP = 5  # failing inputs saved per bad class
@@ -103,8 +104,11 @@ def make_seeds(out: Path) -> dict[str, list[tuple[str, bytes]]]:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     images.append(("animated.gif", buf.getvalue()))
+    from clearvae.codec.signing import seal
+
     return {"cvae": cvae, "model": [("codec", model_path.read_bytes())], "image": images,
-            "volume": _volume_seeds(out, rng), "medical": _medical_seeds()}
+            "volume": _volume_seeds(out, rng), "medical": _medical_seeds(),
+            "sealed": [(f"sealed-{name}", seal(data, SEAL_KEY)) for name, data in cvae]}
 
 
 def _volume_seeds(out: Path, rng: np.random.Generator) -> list[tuple[str, bytes]]:
@@ -520,12 +524,36 @@ def mutate_image(rng: random.Random, name: str, seed: bytes) -> tuple[str, bytes
     return op, bytes(data)
 
 
+def mutate_sealed(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
+    """A sealed file changed: its inside (then sealed again with the key: the decoder behind
+    the seal is fuzzed; or not: the seal must refuse it), or the seal's own bytes."""
+    from clearvae.codec.signing import OVERHEAD, TAG_BYTES, seal
+
+    head, inner, tag = seed[: OVERHEAD - TAG_BYTES], seed[OVERHEAD - TAG_BYTES : -TAG_BYTES], \
+        seed[-TAG_BYTES:]
+    op = rng.choice(["reseal", "tamper", "seal-byte", "truncate", "append"])
+    if op in ("reseal", "tamper"):
+        mutation, changed = mutate_cvae(rng, inner)
+        return f"{op} {mutation}", seal(changed, SEAL_KEY) if op == "reseal" else \
+            head + changed + tag
+    data = bytearray(seed)
+    if op == "seal-byte":  # the magic, version, key id or tag
+        i = rng.choice(list(range(len(head))) + list(range(len(data) - TAG_BYTES, len(data))))
+        data[i] ^= 1 << rng.randrange(8)
+        return f"seal-byte: {i}", bytes(data)
+    if op == "truncate":
+        n = rng.randrange(len(data))
+        return f"truncate: {n}", bytes(data[:n])
+    return "append", bytes(data) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+
+
 def make_case(seeds: dict, kinds: list[str], seed: int, index: int) -> Case:
     """Case ``index`` of the campaign ``seed``: the same inputs every time."""
     rng = random.Random(f"{seed}:{index}")
     kind = kinds[index % len(kinds)]
     name, original = rng.choice(seeds[kind])
-    suffix = {"cvae": ".cvae", "model": ".safetensors", "volume": ".cvae"}.get(kind) or (
+    suffix = {"cvae": ".cvae", "model": ".safetensors", "volume": ".cvae",
+              "sealed": ".cvae"}.get(kind) or (
         ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix)
     for _ in range(8):  # a mutation that changed nothing tests nothing: draw another
         if kind == "cvae":
@@ -534,6 +562,8 @@ def make_case(seeds: dict, kinds: list[str], seed: int, index: int) -> Case:
             mutation, data = mutate_model(rng, original)
         elif kind == "volume":
             mutation, data = mutate_volume(rng, original)
+        elif kind == "sealed":
+            mutation, data = mutate_sealed(rng, original)
         else:
             mutation, data = mutate_image(rng, name, original)
         if data != original:
@@ -562,6 +592,10 @@ class Target:
         from clearvae.data import read_image
         from clearvae.errors import ClearvaeError
 
+        if kind == "sealed":  # what decompress --key-file does: the seal, then the decoder
+            from clearvae.codec.signing import open_sealed
+
+            kind, data = "cvae", open_sealed(data, SEAL_KEY, "case")
         if kind == "cvae":
             out = self.codec.decompress(data, name="case")
             if not np.isfinite(out).all():
