@@ -706,3 +706,16 @@ def test_shared_multi_frame_matches_its_pngs() -> None:
     for f in range(10):
         png = shared(f"mri/test/png/pydicom_emri_small_f{f:02d}.png")
         assert np.array_equal(v.values[f], np.asarray(Image.open(png)))
+
+
+def test_a_broken_element_is_the_reader_s_clear_error_not_the_writer_s(tmp_path):
+    """pydicom parses elements lazily: a damaged VR must fail the read, naming the file,
+    not a later write with a traceback (found by the fuzz campaign)."""
+    source = pydicom_file("MR_small.dcm")
+    data = bytearray(source.read_bytes())
+    at = data.index(b"\x02\x00\x12\x00UI")  # (0002,0012) ImplementationClassUID, VR UI
+    data[at + 4 : at + 6] = b"UM"  # no such VR
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="broken.dcm"):
+        read_volume(broken)

@@ -193,6 +193,7 @@ def read(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes, int]:
     for f, name in zip(files, names):
         with _reading(name):
             ds = pydicom.dcmread(f, defer_size=4096)  # pixel data stays on disk until decoded
+            _parse_all(ds)  # a broken element is this file's error now, not the writer's later
         meta = getattr(ds, "file_meta", None)
         if not (series and meta is not None and meta.get("MediaStorageSOPClassUID") == _DIRECTORY):
             datasets.append((name, ds))
@@ -212,6 +213,23 @@ def read(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes, int]:
     values = np.concatenate([_pixels(name, ds) for name, ds in datasets])
     meta = _pack(_SERIES if series else _FILE, datasets, cuts)
     return values, meta, _int(datasets[0][1], "BitsStored") or values.dtype.itemsize * 8
+
+
+_PIXEL_DATA = 0x7FE00010
+
+
+def _parse_all(ds: Dataset) -> None:
+    """Convert every element of ``ds`` and its file meta (pydicom parses them lazily, on first
+    use), into sequences, except the pixel data (decoded later, when needed)."""
+    for tag in list(ds.keys()):
+        if tag == _PIXEL_DATA:
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _parse_all(item)
+    if getattr(ds, "file_meta", None) is not None:
+        _parse_all(ds.file_meta)
 
 
 def _listing(names: list[str], most: int = 4) -> str:
@@ -373,6 +391,7 @@ def parse_meta(meta: bytes) -> tuple[bool, list[Dataset]]:
             raise DataError("the DICOM header data is truncated; the file is corrupt")
         with _reading(f"(header {len(out) + 1})"):
             out.append(pydicom.dcmread(io.BytesIO(chunk)))
+            _parse_all(out[-1])
         at += 4 + size
     if not out:
         raise DataError("the DICOM header data holds no header; the file is corrupt")
