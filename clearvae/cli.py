@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--key-file", metavar="K", help="check each file's seal with the key in "
                    "K before decoding: a changed file, another key or an unsealed file is an "
                    "error")
+    s.add_argument("--slices", metavar="LIST", help="volumes: decode only these slices "
+                   "(e.g. 0,5,10-12; the others are not decoded), each to a gray PNG "
+                   "NAME_s0005.png (-o: a folder)")
     s.set_defaults(func=cmd_decompress)
 
     s = sub.add_parser("denoise", help="denoise images with a denoising VAE")
@@ -445,6 +448,21 @@ def _bytes_of(path: Path) -> int:
     return path.stat().st_size
 
 
+def _slice_list(text: str) -> list[int]:
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise ConfigError(f"--slices takes numbers and ranges like 0,5,10-12; got {text!r}") \
+            from None
+    if len(out) > 1 << 20:
+        raise ConfigError(f"--slices {text!r} asks for more than {1 << 20} slices")
+    return out
+
+
 def cmd_decompress(args: argparse.Namespace) -> int:
     from clearvae.codec.signing import read_key
     from clearvae.compress import decompress_file, is_volume_file
@@ -458,8 +476,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             with open(source, "rb") as f:
                 gray = is_volume_file(f.read(32))
             # no -o: the default name, which --force may not take from an image not ours
-            r = decompress_file(codecs(gray), source, target if args.output else None,
-                                overwrite=args.force, max_pixels=args.max_pixels, key=key)
+            r = decompress_file(codecs(gray), source, (target if not args.slices else
+                                                       Path(args.output)) if args.output else None,
+                                overwrite=args.force, max_pixels=args.max_pixels, key=key,
+                                slices=_slice_list(args.slices) if args.slices else None)
         except OSError as exc:
             print(f"clearvae decompress: error: cannot read '{source}': {exc.strerror}",
                   file=sys.stderr)

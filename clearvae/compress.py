@@ -20,7 +20,7 @@ from clearvae.codec import container, signing, volume_container
 from clearvae.codec.codec import Codec, Progress
 from clearvae.codec.gray import GrayVolume, compress_gray, decompress_gray
 from clearvae.data import dicom, medical, read_image_bit_depth, write_image
-from clearvae.data.images import opened
+from clearvae.data.images import opened, write_pixels
 from clearvae.data.medical import is_gray_volume
 from clearvae.errors import DataError
 from clearvae.files import atomic_write
@@ -169,10 +169,14 @@ def volume_target(source: Path, kind: str) -> Path:
 
 def decompress_file(codec: Codec, source: str | os.PathLike,
                     target: str | os.PathLike | None = None, overwrite: bool = False,
-                    max_pixels: int = container.MAX_PIXELS, key: bytes | None = None) -> Result:
+                    max_pixels: int = container.MAX_PIXELS, key: bytes | None = None,
+                    slices: list[int] | None = None) -> Result:
     """Decompress one ``.cvae`` file to an image (PNG unless ``target`` says otherwise), or a
     gray volume back to its format (DICOM, NIfTI, 16-bit PNG). A sealed file needs its
-    ``key`` (and a ``key`` accepts only files sealed with it: ``codec.signing``)."""
+    ``key`` (and a ``key`` accepts only files sealed with it: ``codec.signing``). ``slices``
+    (volumes only): decode just these slices, without the others, each to a gray PNG
+    NAME_s0007.png (stored value minus the volume's offset, 8 or 16 bits) beside the file
+    or in the folder ``target``."""
     source = Path(source)
     default = target is None
     try:
@@ -180,6 +184,9 @@ def decompress_file(codec: Codec, source: str | os.PathLike,
     except OSError as exc:
         raise DataError(f"cannot read '{source}': {exc.strerror or exc}") from None
     data = signing.open_sealed(data, key, str(source))
+    if slices is not None:
+        return _decompress_slices(codec, source, data, None if default else Path(target),
+                                  overwrite, max_pixels, slices)
     if volume_container.is_volume(data):
         return _decompress_volume(codec, source, data, None if default else Path(target),
                                   overwrite, max_pixels)
@@ -230,6 +237,36 @@ def _decompress_volume(codec: Codec, source: Path, data: bytes, target: Path | N
     steps = volume_container.unpack_volume(data, str(source), max_pixels)[2]
     quality = float(np.mean([r.quality_steps for r in steps.values()])) / 16
     return Result(source, target, len(data), volume.values.size, quality, header.effort)
+
+
+def _decompress_slices(codec: Codec, source: Path, data: bytes, folder: Path | None,
+                       overwrite: bool, max_pixels: int, slices: list[int]) -> Result:
+    """Some slices of a volume file, each decoded alone, as gray PNGs."""
+    if not volume_container.is_volume(data):
+        raise DataError(f"'{source}' holds one image, not a volume: --slices is for volumes "
+                        "(DICOM, NIfTI, 16-bit gray)")
+    header, _, _ = volume_container.read_volume_header(data, str(source), max_pixels)
+    bad = [i for i in slices if not 0 <= i < header.slices]
+    if bad or not slices:
+        raise DataError(f"'{source}' has slices 0..{header.slices - 1}; asked for "
+                        f"{bad or 'none'}")
+    folder = folder if folder is not None else source.parent
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--slices writes one PNG per slice: -o must be a folder, got "
+                        f"'{folder}'")
+    targets = {i: folder / f"{source.stem}_s{i:04d}.png" for i in sorted(set(slices))}
+    for target in targets.values():
+        _check_target(source, target, overwrite)
+    gray, header = decompress_gray(codec, data, str(source), max_pixels, which=list(targets))
+    dtype = np.uint8 if header.bits <= 8 else np.uint16
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for values, target in zip(gray.values, targets.values()):
+            write_pixels(target, values.astype(dtype), software=DECODED_BY)
+    except OSError as exc:
+        raise DataError(f"cannot write to '{folder}': {exc.strerror or exc}") from None
+    return Result(source, next(iter(targets.values())), len(data), gray.values.size, 0.0,
+                  header.effort)
 
 
 def _check_target(source: Path, target: Path, overwrite: bool) -> None:

@@ -139,3 +139,37 @@ def test_the_bundled_mri_codec_loads_and_codes_losslessly():
     gray = GrayVolume(values[None], 12)
     back, _ = decompress_gray(mri, compress_gray(mri, gray, max_error=0, quality=6))
     assert np.array_equal(back.values[0], values)
+
+
+def test_cli_decodes_chosen_slices_alone(codec, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import nibabel as nib
+
+    from clearvae.codec import gray
+
+    model = save_codec(codec, tmp_path / "gray.safetensors")
+    values = (np.arange(5)[:, None, None] * 300 + np.random.default_rng(0).integers(
+        0, 200, (5, 24, 20))).astype(np.int16)  # (S, H, W)
+    nib.save(nib.Nifti1Image(np.moveaxis(values, 0, -1), np.eye(4)), tmp_path / "v.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "v.nii.gz"), "--lossless", "--model",
+                     str(model)]) == 0
+    decoded = []
+    real = gray.decompress_gray
+
+    def counting(*args, **kwargs):
+        decoded.append(kwargs.get("which"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("clearvae.compress.decompress_gray", counting)
+    out = tmp_path / "slices"
+    assert cli.main(["decompress", str(tmp_path / "v.cvae"), "--model", str(model),
+                     "--slices", "1,3-4", "-o", str(out)]) == 0
+    assert decoded == [[1, 3, 4]]  # only those were decoded
+    assert sorted(p.name for p in out.iterdir()) == ["v_s0001.png", "v_s0003.png",
+                                                     "v_s0004.png"]
+    for i in (1, 3, 4):
+        assert np.array_equal(np.array(Image.open(out / f"v_s{i:04d}.png")), values[i])
+    assert cli.main(["decompress", str(tmp_path / "v.cvae"), "--model", str(model),
+                     "--slices", "7"]) == 2
+    assert "slices 0..4" in capsys.readouterr().err
+    assert cli.main(["decompress", str(tmp_path / "v.cvae"), "--model", str(model),
+                     "--slices", "x"]) == 2
