@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from clearvae import __version__
 from clearvae.compress import Settings, is_gray_volume
+from clearvae.restore.files import is_volume_input
 from clearvae.service import tasks
 from clearvae.service.errors import ServiceError, client_errors
 from clearvae.service.gate import Gate
@@ -307,7 +308,7 @@ async def denoise(
     with Workdir() as work, client_errors(service.hidden(work)):
         source = save_image(work.path, "image", await image.read(),
                             service.settings.max_pixels).path
-        entry = service.models.get(model, "denoise")
+        entry = service.models.get(model, "denoise", is_volume_input(source))
         return await service.run("denoise", lambda job: tasks.denoise(
             job, service.models.load(entry), source, samples, keep, sigma, seed,
             ignore_noise_level), work, asynchronous)
@@ -329,7 +330,7 @@ async def inpaint(
     with Workdir() as work, client_errors(service.hidden(work)):
         source = save_image(work.path, "image", await image.read(), limit).path
         holes = save_image(work.path, "mask", await mask.read(), limit).path
-        entry = service.models.get(model, "inpaint")
+        entry = service.models.get(model, "inpaint", is_volume_input(source))
         return await service.run("inpaint", lambda job: tasks.inpaint(
             job, service.models.load(entry), source, holes, iterations, seed), work,
             asynchronous)

@@ -33,10 +33,10 @@ LOADED = 4  # models kept in memory (least recently used dropped first)
 def bundled() -> dict[str, Path]:
     """The models that ship inside the package, by the name the API gives them."""
     return {"codec": default_model_path(), "codec-mri": default_model_path(gray=True),
-            "denoiser": default_denoiser_path()}
+            "denoiser": default_denoiser_path(), "denoiser-mri": default_denoiser_path(True)}
 
 
-# the default model of each task (compress of a 16-bit gray image: "codec-mri")
+# the default model of each task (of a 16-bit gray image: "codec-mri", "denoiser-mri")
 DEFAULTS = {"compress": "codec", "decompress": "codec", "denoise": "denoiser",
             "inpaint": "denoiser"}
 
@@ -101,7 +101,10 @@ class ModelRegistry:
             if task not in DEFAULTS:
                 raise ServiceError(422, f"{task} needs a model: give model=NAME (see "
                                    "/api/models)")
-            name = "codec-mri" if gray and task == "compress" else DEFAULTS[task]
+            name = DEFAULTS[task]
+            if gray:  # 16-bit gray (MRI): the bundled MRI models, as the CLI chooses
+                name = {"compress": "codec-mri", "denoise": "denoiser-mri",
+                        "inpaint": "denoiser-mri"}.get(task, name)
         entries = {e.name: e for e in self.entries()}
         entry = entries.get(name)
         if entry is None:
