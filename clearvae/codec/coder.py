@@ -61,11 +61,22 @@ class Tables:
         lengths = np.array([len(p) for p in pmfs], np.int64)
         return cls(freqs, np.asarray(offsets, np.int64), lengths)
 
+    def __getstate__(self) -> dict:  # copies and pickles leave out the model cache
+        return {k: v for k, v in self.__dict__.items() if k != "_models"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def model(self, t: int) -> constriction.stream.model.Categorical:
-        n = int(self.lengths[t]) + 1
-        # Integers -> float64 exactly; constriction's quantisation of them is deterministic.
-        return constriction.stream.model.Categorical(self.freqs[t, :n].astype(np.float64),
-                                                     perfect=False)
+        """Table t as constriction's model, built once (a row of many small coding calls
+        would otherwise rebuild it each time)."""
+        cache = self.__dict__.setdefault("_models", {})  # frozen: not a field, not compared
+        if t not in cache:
+            n = int(self.lengths[t]) + 1
+            # Integers -> float64 exactly; constriction's quantisation of them is deterministic.
+            cache[t] = constriction.stream.model.Categorical(
+                self.freqs[t, :n].astype(np.float64), perfect=False)
+        return cache[t]
 
 
 def encode(symbols: np.ndarray, index: np.ndarray, tables: Tables,
