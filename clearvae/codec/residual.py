@@ -112,6 +112,14 @@ def _fit(v: np.ndarray, p: np.ndarray | None) -> np.ndarray:
     return np.clip(np.round(weights * UNIT), -MAX_WEIGHT, MAX_WEIGHT).astype(np.int64)
 
 
+_LEVELS = 1 << np.arange(CONTEXTS - 1)  # activity thresholds 1, 2, 4, ... 2**14
+
+
+def _context_of(activity: np.ndarray) -> np.ndarray:
+    """Context = how many of the thresholds 1, 2, 4, ... the activity reaches (0..15)."""
+    return np.searchsorted(_LEVELS, activity, side="right").astype(np.int64)
+
+
 def _contexts(r: np.ndarray, err: np.ndarray, i: int, reg: dict[str, np.ndarray]) -> np.ndarray:
     """Context 0..CONTEXTS-1 of each pixel of row i, from the rows above only."""
     activity = (np.abs(reg["U"] - reg["UL"]) + np.abs(reg["UR"] - reg["U"])
@@ -120,10 +128,7 @@ def _contexts(r: np.ndarray, err: np.ndarray, i: int, reg: dict[str, np.ndarray]
         e = np.abs(err[i - 1])
         activity = activity + e + (np.concatenate([e[:1], e[:-1]])
                                    + np.concatenate([e[1:], e[-1:]])) // 2
-    c = np.zeros(activity.shape, np.int64)
-    for j in range(CONTEXTS - 1):
-        c += activity >= (1 << j)
-    return c
+    return _context_of(activity)
 
 
 def _shift_rows(a: np.ndarray, by: int) -> np.ndarray:
@@ -178,9 +183,7 @@ def _lossless_rows(v: np.ndarray, top: int, p: np.ndarray | None, weights: np.nd
                 + np.abs(reg["UU"] - reg["U"]))
     e = np.abs(_shift_rows(err, 1))  # the errors of the row above (none above row 0)
     activity = activity + e + (_shift_cols(e, 1) + _shift_cols(e, -1)) // 2
-    c = np.zeros((h, w), np.int64)
-    for j in range(CONTEXTS - 1):
-        c += activity >= (1 << j)
+    c = _context_of(activity)
     q = v - np.clip(raw + bias[c], 0, top)
     return list(zip(q, c))
 
@@ -229,14 +232,16 @@ def _walk_rows(v: np.ndarray, top: int, k: int, p: np.ndarray | None, weights: n
         vi, bs, bi = v[i].tolist(), base.tolist(), b.tolist()
         l1 = l2 = first
         vals, errs = [0] * w, [0] * w
-        for j in range(w):
+        for j in range(w):  # the hot loop: clamps written out (no min / max calls)
             raw = (bs[j] + wl * l1 + wll * l2) // UNIT
-            pred = min(max(raw + bi[j], 0), top)
+            pred = raw + bi[j]
+            pred = 0 if pred < 0 else top if pred > top else pred
             if not decoding:
                 e = vi[j] - pred
                 qs[j] = (abs(e) + k) // step * (1 if e >= 0 else -1)
-            val = min(max(pred + step * qs[j], 0), top)
-            vals[j], errs[j] = val, val - min(max(raw, 0), top)
+            val = pred + step * qs[j]
+            val = 0 if val < 0 else top if val > top else val
+            vals[j], errs[j] = val, val - (0 if raw < 0 else top if raw > top else raw)
             l2, l1 = l1, val
         r[i], err[i] = vals, errs
         out.append((r[i].copy() if decoding else np.array(qs, np.int64), c))
