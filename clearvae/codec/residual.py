@@ -218,16 +218,7 @@ def _walk_rows(v: np.ndarray, top: int, k: int, p: np.ndarray | None, weights: n
         c = _contexts(r, err, i, reg)
         b = bias[c]
         first = int(reg["U"][0])
-        if k == 0 and not decoding:  # lossless encoding: the row is known, vectorised
-            left = np.concatenate([[first], v[i, :-1]])
-            left2 = np.concatenate([left[:1], left[:-1]])
-            raw = np.floor_divide(base + wl * left + wll * left2, UNIT)
-            q = v[i] - np.clip(raw + b, 0, top)
-            r[i] = v[i]
-            err[i] = v[i] - np.clip(raw, 0, top)
-            out.append((q, c))
-            continue
-        # otherwise the prediction of each value needs the value before it
+        # the prediction of each value needs the value before it
         qs = q_rows(c).tolist() if decoding else [0] * w
         vi, bs, bi = v[i].tolist(), base.tolist(), b.tolist()
         l1 = l2 = first
