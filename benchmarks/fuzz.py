@@ -4,6 +4,8 @@ worker process with a time and a memory bound, and every outcome classified.
     python benchmarks/fuzz.py [--cases 2000] [--seed 0] [--workers 2] [--out fuzz-out]
                               [--kinds cvae,model,image] [--timeout 10] [--memory-mb 2048]
     python benchmarks/fuzz.py --replay fuzz-out/failures/traceback/cvae-17-....cvae
+    python benchmarks/fuzz.py --start 50000 --cases 50000 --out fuzz-out   # a second chunk
+    python benchmarks/fuzz.py --merge --out fuzz-out                       # chunks added up
 
 Inputs are made from a small randomly initialised codec (saved as OUT/codec.safetensors, the
 model every .cvae seed is coded with) and small Pillow-made images. The mutators know the
@@ -772,14 +774,22 @@ def _died(code: int | None) -> tuple[str, str]:
 # --- the campaign -----------------------------------------------------------------------------
 
 def campaign(cases: int, seed: int, workers: int, out: Path, kinds: list[str],
-             timeout: float = 10.0, memory_mb: int = 2048, quiet: bool = False) -> dict:
-    """Run ``cases`` cases; returns the counts ({(kind, mutation): Counter of classes})."""
+             timeout: float = 10.0, memory_mb: int = 2048, quiet: bool = False,
+             start: int = 0) -> dict:
+    """Run cases ``start`` .. ``start + cases - 1``; returns the counts ({(kind, mutation):
+    Counter of classes}), also kept in OUT/counts-START-END.json (rewritten every 200 cases,
+    so an interrupted chunk keeps what it ran; ``merge`` adds the chunks up)."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = make_seeds(out)
     counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
         collections.Counter)
     kept = collections.Counter()
+    record = out / f"counts-{start}-{start + cases}.json"
     t0 = time.perf_counter()
+
+    def save() -> None:
+        save_counts(record, counts, seed=seed, kinds=kinds, start=start, cases=cases,
+                    seconds=time.perf_counter() - t0, timeout=timeout)
 
     def on_result(case: Case, cls: str, detail: str) -> None:
         counts[(case.kind, case.mutation)][cls] += 1
@@ -794,17 +804,51 @@ def campaign(cases: int, seed: int, workers: int, out: Path, kinds: list[str],
                 f"replay: python benchmarks/fuzz.py --replay {folder / (stem + case.suffix)} "
                 f"--out {out}\n")
         done = sum(sum(c.values()) for c in counts.values())
-        if not quiet and done % 200 == 0:
-            print(f"  {done}/{cases} cases, {done / (time.perf_counter() - t0):.1f}/s",
-                  file=sys.stderr, flush=True)
+        if done % 200 == 0:
+            save()
+            if not quiet:
+                print(f"  {done}/{cases} cases, {done / (time.perf_counter() - t0):.1f}/s",
+                      file=sys.stderr, flush=True)
 
     pool = Pool(workers, out / "codec.safetensors", memory_mb, timeout)
     t0 = time.perf_counter()
-    pool.run((make_case(seeds, kinds, seed, i) for i in range(cases)), on_result)
+    pool.run((make_case(seeds, kinds, seed, i) for i in range(start, start + cases)),
+             on_result)
     seconds = time.perf_counter() - t0
+    save()
     if not quiet:
         print(report(counts, seconds))
     return counts
+
+
+def save_counts(path: Path, counts: dict, **about) -> None:
+    """The counts of one chunk as JSON (written atomically), with what made them."""
+    rows = [[kind, mutation, dict(c)] for (kind, mutation), c in sorted(counts.items())]
+    done = sum(sum(c.values()) for c in counts.values())
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**about, "done": done, "counts": rows}, indent=0))
+    os.replace(tmp, path)
+
+
+def merge(out: Path) -> tuple[dict, float, list[dict]]:
+    """The chunks in OUT (counts-*.json) added up: (counts, seconds, the chunks' records).
+    Chunks of one campaign only (same seed and kinds), and no case counted twice."""
+    records = sorted((json.loads(p.read_text()) for p in out.glob("counts-*.json")),
+                     key=lambda r: r["start"])
+    if not records:
+        raise SystemExit(f"no counts-*.json in {out}: run a campaign with --out {out} first")
+    first = records[0]
+    if any((r["seed"], r["kinds"]) != (first["seed"], first["kinds"]) for r in records):
+        raise SystemExit(f"the chunks in {out} come from different campaigns (seed, kinds)")
+    spans = sorted((r["start"], r["start"] + r["done"]) for r in records)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise SystemExit(f"chunks in {out} overlap: {spans}")
+    counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
+        collections.Counter)
+    for r in records:
+        for kind, mutation, c in r["counts"]:
+            counts[(kind, mutation)].update(c)
+    return counts, sum(r["seconds"] for r in records), records
 
 
 def report(counts: dict, seconds: float) -> str:
@@ -861,15 +905,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per case")
     p.add_argument("--memory-mb", type=int, default=2048,
                    help="memory a case may allocate on top of a loaded worker's")
+    p.add_argument("--start", type=int, default=0,
+                   help="first case index: a long campaign runs in chunks (same --seed, "
+                        "--kinds and --out; --start 0 --cases 50000, then --start 50000 ...)")
+    p.add_argument("--merge", action="store_true",
+                   help="print the table of every chunk in --out added up, run nothing")
     p.add_argument("--replay", type=Path, help="run one saved input here and show the error")
     args = p.parse_args(argv)
     if args.replay:
         return replay(args.replay, args.out, args.memory_mb)
+    if args.merge:
+        counts, seconds, records = merge(args.out)
+        spans = ", ".join(f"{r['start']}-{r['start'] + r['done'] - 1}" for r in records)
+        print(f"{len(records)} chunk(s) of seed {records[0]['seed']}: cases {spans}")
+        print(report(counts, seconds))
+        return int(any(c[b] for c in counts.values() for b in BAD))
+    if args.start < 0 or args.cases < 1:
+        p.error("--start must be >= 0 and --cases >= 1")
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or any(k not in KINDS for k in kinds):
         p.error(f"--kinds takes some of {','.join(KINDS)}, got {args.kinds!r}")
     counts = campaign(args.cases, args.seed, args.workers, args.out, kinds, args.timeout,
-                      args.memory_mb)
+                      args.memory_mb, start=args.start)
     return int(any(c[b] for c in counts.values() for b in BAD))
 
 

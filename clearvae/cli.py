@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                    "range and a noisy-only Rician model's bias correction; the bundled "
                    "denoisers are blind and read the noise from the image itself (default: "
                    "estimated; Rician: from the background)")
-    s.add_argument("--tile", type=int, default=256, help="tile size for large images")
+    s.add_argument("--tile", type=int, help="tile size for large images (default: the "
+                   "model's own: 256, the bundled MRI denoiser's smaller)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--ignore-noise-level", action="store_true",
                    help="denoise even images far noisier than the model was trained for")
@@ -140,9 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model from a YAML config and/or flags")
     s.add_argument("--config", help="YAML file with a TrainConfig (keys: model, data, ...)")
     s.add_argument("--preset", help="start from a built-in config: denoise-noisy (a folder "
-                   "of noisy images), denoise-synthetic (clean images + Gaussian noise, the "
-                   "bundled denoiser's recipe), or denoise-noisy-hdn / denoise-synthetic-hdn "
-                   "(the same data, the earlier HDN model)")
+                   "of noisy images, or of noisy DICOM / NIfTI volumes: then Rician and 2.5-D), "
+                   "denoise-synthetic (clean images + Gaussian noise, the bundled denoiser's "
+                   "recipe), denoise-mri (clean MRI + Rician noise, 2.5-D: the bundled MRI "
+                   "denoiser's recipe), or denoise-noisy-hdn / denoise-synthetic-hdn (the same "
+                   "data, the earlier HDN model)")
     s.add_argument("--data", help="training data: image folder, MNIST IDX folder, digits CSV, "
                    "or synthetic-digits")
     s.add_argument("--val", help="held-out data evaluated at the end")

@@ -7,6 +7,8 @@ import random
 import struct
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/ is scripts, not a package
@@ -76,3 +78,20 @@ def test_cases_are_reproducible_from_the_seed(tmp_path):
     b = [fuzz.make_case(seeds, ["cvae"], 3, i).data for i in range(5)]
     assert a == b and len(set(a)) > 1
     assert fuzz._interesting(random.Random(0), 5, 8) != 5
+
+
+def test_a_campaign_run_in_chunks_adds_up_to_the_same_table(tmp_path):
+    """A long campaign runs in chunks (--start) that each keep their counts on disk; merged,
+    they give the counts of the campaign run at once, and overlapping chunks are refused."""
+    whole = fuzz.campaign(8, seed=5, workers=1, out=tmp_path / "whole", kinds=["cvae"],
+                          quiet=True)
+    for start in (0, 4):
+        fuzz.campaign(4, seed=5, workers=1, out=tmp_path / "chunks", kinds=["cvae"],
+                      quiet=True, start=start)
+    merged, seconds, records = fuzz.merge(tmp_path / "chunks")
+    assert {k: dict(c) for k, c in merged.items()} == {k: dict(c) for k, c in whole.items()}
+    assert [(r["start"], r["done"]) for r in records] == [(0, 4), (4, 4)] and seconds > 0
+    fuzz.campaign(2, seed=5, workers=1, out=tmp_path / "chunks", kinds=["cvae"], quiet=True,
+                  start=3)
+    with pytest.raises(SystemExit, match="overlap"):
+        fuzz.merge(tmp_path / "chunks")

@@ -182,6 +182,25 @@ def test_rgb_goes_through_opponent_planes_only_for_a_blind_gray_model():
     assert np.allclose(r.std[inside], r.samples.std(0)[inside], atol=1e-4)
 
 
+def test_a_denoiser_denoises_in_its_own_tile_unless_told_otherwise(tmp_path):
+    """``DenoisingVAEConfig.tile`` (the size its U-Net works best at) is the default tile of
+    denoise and travels with the model file; a bad value is a config error."""
+    from clearvae.restore import load_denoiser
+
+    torch.manual_seed(0)
+    config = DenoisingVAEConfig.from_dict({"backbone": BACKBONE, "noise": {"synthetic": [20, 30]},
+                                           "tile": 16})
+    path = save(DenoisingVAE(config), tmp_path / "tiled.safetensors")
+    model = load_denoiser(path)
+    assert model.config.tile == 16 and DenoisingVAEConfig().tile == 256
+    noisy = np.random.default_rng(0).uniform(0.3, 0.7, (40, 40)).astype(np.float32)
+    own = denoise(noisy, model, samples=1, sigma=25.0).mean
+    assert np.array_equal(own, denoise(noisy, model, samples=1, sigma=25.0, tile=16).mean)
+    assert not np.array_equal(own, denoise(noisy, model, samples=1, sigma=25.0, tile=40).mean)
+    with pytest.raises(ConfigError, match="tile"):
+        DenoisingVAEConfig.from_dict({"backbone": BACKBONE, "tile": 8})
+
+
 def test_the_bundled_denoiser_loads_and_denoises():
     from clearvae.restore import default_denoiser_path, load_denoiser
 

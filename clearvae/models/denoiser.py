@@ -79,8 +79,14 @@ class DenoisingVAEConfig(Config):
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     # alpha range of the recorruption that trains a conditional backbone on noisy images alone
     recorruption: tuple[float, float] = (0.5, 1.0)
+    # the tile (pixels, overlapping by a quarter) it denoises large images in: its U-Net
+    # trained on small crops works best on tiles near their size (docs/benchmarks.md)
+    tile: int = 256
 
     def validate(self) -> None:
+        if not isinstance(self.tile, int) or not 16 <= self.tile <= 4096:
+            raise ConfigError(f"tile must be an integer number of pixels in 16..4096, got "
+                              f"{self.tile!r}")
         if self.backbone.likelihood != "gaussian":
             raise ConfigError(f"a denoiser's backbone must use likelihood gaussian (its output "
                               f"is the clean image); got {self.backbone.likelihood!r}")

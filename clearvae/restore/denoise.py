@@ -169,11 +169,12 @@ def _unbias(model: DenoisingVAE, t: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _denoise_planes(model: DenoisingVAE, x: torch.Tensor, samples: int, keep_samples: bool,
-                    tile: int, overlap: int | None, opponent: bool,
+                    tile: int | None, overlap: int | None, opponent: bool,
                     progress: Callable[[int, int], None] | None) -> torch.Tensor:
     """(3 [+ K], B, c, H, W): the estimate, the draws' first two moments and (on request) the
-    K draws for the model's input x (B, c (2k + 1), H, W), tile by tile."""
+    K draws for the model's input x (B, c (2k + 1), H, W), tile by tile (None: the model's)."""
     device = next(model.parameters()).device
+    tile = model.config.tile if tile is None else tile
 
     def run(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         mean, draws = model.mean_and_draws(x[..., y0:y1, x0:x1].to(device), samples)
@@ -212,14 +213,15 @@ def _finish(model: DenoisingVAE, out: torch.Tensor, keep_samples: bool, sigma: f
 @torch.no_grad()
 def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *,
             samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
-            tile: int = 256, overlap: int | None = None, seed: int = 0,
+            tile: int | None = None, overlap: int | None = None, seed: int = 0,
             force: bool = False, progress: Callable[[int, int], None] | None = None,
             ) -> Denoised:
     """Denoise one image with ``samples`` posterior draws (see ``Denoised``). A conditional
     model (the bundled one) gives its estimate without draws: ``samples=0`` computes none
     (``std`` is then 0); other models average their draws, so need at least one.
     ``sigma`` (0-255 scale) is what the refusal check and a noisy-only Rician model's bias
-    correction use; the blind models take their noise level from the image itself.
+    correction use; the blind models take their noise level from the image itself. ``tile``
+    None: the model's own (``config.tile``, overlapping by a quarter).
     ``progress`` gets (tiles done, tiles) after each tile."""
     if not isinstance(model, DenoisingVAE):
         model = load_denoiser(model)
@@ -247,7 +249,7 @@ def denoise(image: Any, model: DenoisingVAE | str | os.PathLike | None = None, *
 @torch.no_grad()
 def denoise_volume(volume: np.ndarray, model: DenoisingVAE | str | os.PathLike | None = None,
                    *, samples: int = 8, keep_samples: bool = False, sigma: float | None = None,
-                   tile: int = 256, overlap: int | None = None, seed: int = 0,
+                   tile: int | None = None, overlap: int | None = None, seed: int = 0,
                    force: bool = False, progress: Callable[[int, int], None] | None = None,
                    ) -> Denoised:
     """Denoise a gray volume (S, H, W) ([0, 1] floats, all slices on one scale) slice by slice:

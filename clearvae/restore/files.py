@@ -93,7 +93,7 @@ def _draws_needed(model: torch.nn.Module | None, samples: int, std_map: bool,
 def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  target: str | os.PathLike | None = None, *, samples: int = 8,
                  save_samples: int = 0, std_map: bool = False, sigma: float | None = None,
-                 tile: int = 256, seed: int = 0, force_noise: bool = False,
+                 tile: int | None = None, seed: int = 0, force_noise: bool = False,
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
                  ) -> tuple[Written, Denoised]:
     """Denoise one file to ``target`` (default: NAME_denoised.png beside it); on request also
@@ -123,7 +123,7 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
 
 def _denoise_volume_file(model: torch.nn.Module, source: Path, target: Path, extras: list[Path],
                          samples: int, save_samples: int, std_map: bool, sigma: float | None,
-                         tile: int, seed: int, force_noise: bool,
+                         tile: int | None, seed: int, force_noise: bool,
                          progress: Callable[[int, int], None] | None,
                          ) -> tuple[Written, Denoised]:
     """``denoise_file`` for a DICOM / NIfTI / 16-bit gray input: the same format back."""
