@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denoise_mri import add_noise, psnr  # the MRI benchmark's noise and score, same protocol
+
 from clearvae.data import images
 from clearvae.data.medical import holds_medical, read_volume
-from clearvae.noise import add_rician_noise
 from clearvae.restore.denoise import denoise, denoise_volume, load_denoiser
 
 
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             if rician:
                 peak = clean.max()
                 sigma = level / 100 * peak
-                noisy = np.maximum(np.rint(add_rician_noise(clean, sigma, seed=i)), 0)
-                top = 2 ** int(noisy.max()).bit_length() - 1
+                noisy = add_noise(clean, level, 0, i)
+                top = 2 ** images.used_bits(noisy) - 1
                 x, unit = (noisy / top).astype(np.float32)[None], top
             else:
                 peak = 255.0
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                                          sigma=255 * sigma / top).mean[0]
                 else:
                     out = denoise(x, model, samples=0, tile=tile, sigma=level).mean
-                mse = np.mean((out.astype(np.float64) * unit - clean) ** 2)
-                table[li, ti] += 10 * np.log10(peak**2 / mse) / len(planes)
+                mse = float(np.mean((out.astype(np.float64) * unit - clean) ** 2))
+                table[li, ti] += psnr(mse, peak) / len(planes)
         print(f"level {level:>3}: " + "  ".join(f"{t}: {v:.2f}" for t, v in
                                                zip(args.tiles, table[li])), flush=True)
     best = args.tiles[int(np.argmax(table.mean(0)))]

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                    "denoisers are blind and read the noise from the image itself (default: "
                    "estimated; Rician: from the background)")
     s.add_argument("--tile", type=int, help="tile size for large images (default: the "
-                   "model's own: 256, the bundled MRI denoiser's smaller)")
+                   "model's own, 256 for the bundled denoisers)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--ignore-noise-level", action="store_true",
                    help="denoise even images far noisier than the model was trained for")

@@ -79,7 +79,7 @@ class DenoisingVAEConfig(Config):
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     # alpha range of the recorruption that trains a conditional backbone on noisy images alone
     recorruption: tuple[float, float] = (0.5, 1.0)
-    # the tile (pixels, overlapping by a quarter) it denoises large images in: its U-Net
+    # the tile (pixels, overlapping by a quarter, at most 32) it denoises large images in: its U-Net
     # trained on small crops works best on tiles near their size (docs/benchmarks.md)
     tile: int = 256
 
