@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from denoise_mri import add_noise, psnr  # the MRI benchmark's noise and score, same protocol
 
 from clearvae.data import images
