@@ -47,6 +47,8 @@ Every method is told the true sigma except ours (bundled or --model), which esti
                 denoise`), output mean * (2^bits - 1). Blind; where it finds no background to
                 estimate sigma from (DataError) it is given sigma / (2^bits - 1) * 255, and the
                 volume records sigma_given
+    ours_x8     ours, each slice also denoised flipped and turned (8 ways) and the 8 estimates
+                averaged after turning back (`clearvae denoise --ensemble`); 8 x the time
     ours_noisy_only   per level in --noisy-only-levels: the denoise-noisy preset trained for
                 --noisy-only-minutes on the noisy volumes of that level alone (Rician noise of
                 the true sigma, 2.5-D: context_slices 1, random 64x64 crops of every slice
@@ -97,7 +99,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLEARVAE_DATA", REPO.parent / "shared" / "data"))
-METHODS = ["noisy", "nlm", "bm3d", "bm4d", "ours", "ours_noisy_only"]
+METHODS = ["noisy", "nlm", "bm3d", "bm4d", "ours", "ours_x8", "ours_noisy_only"]
 DEFAULT_METHODS = METHODS[:-1]
 UNBIASED = ("nlm", "bm3d", "bm4d")  # Gaussian denoisers that also get a +unbias row
 GROUPS = ("vanderbilt_b0", "emri", "singles")
@@ -279,8 +281,9 @@ CLASSICAL: dict[str, VolumeDenoiser] = {
     "nlm": slice_by_slice(nlm), "bm3d": bm3d_volume, "bm4d": bm4d_volume}
 
 
-def ours(model: torch.nn.Module) -> VolumeDenoiser:
-    """Our (blind) MRI denoiser on the used-bits scale; given sigma where it finds none."""
+def ours(model: torch.nn.Module, ensemble: bool = False) -> VolumeDenoiser:
+    """Our (blind) MRI denoiser on the used-bits scale; given sigma where it finds none.
+    ``ensemble``: averaged over the 8 flips and quarter turns (``denoise --ensemble``)."""
     from clearvae.restore.denoise import denoise_volume
 
     def run(noisy: np.ndarray, sigma: float, peak: float) -> tuple[np.ndarray, dict]:
@@ -288,9 +291,10 @@ def ours(model: torch.nn.Module) -> VolumeDenoiser:
         x = (noisy / top).astype(np.float32)
         notes: dict = {"sigma_true_255": sigma / top * 255, "sigma_given": False}
         try:
-            out = denoise_volume(x, model, samples=0)
+            out = denoise_volume(x, model, samples=0, ensemble=ensemble)
         except DataError as exc:  # e.g. no background: told the true sigma (recorded)
-            out = denoise_volume(x, model, samples=0, sigma=sigma / top * 255)
+            out = denoise_volume(x, model, samples=0, sigma=sigma / top * 255,
+                                 ensemble=ensemble)
             notes.update(sigma_given=True, why_sigma_given=str(exc))
         notes["sigma_255"] = out.sigma  # as estimated (or given), on the 0-255 scale of x
         return out.mean.astype(np.float64) * top, notes
@@ -413,18 +417,20 @@ def measure(method: str, fn: VolumeDenoiser, volumes: list[BenchVolume],
 
 
 def run_ours(args: argparse.Namespace, volumes: list[BenchVolume], noisy: list[np.ndarray],
-             sigmas: list[float], level: int, cache: dict) -> list[Cell]:
-    """The bundled (or --model) MRI denoiser, loaded once for every level."""
-    if "ours" not in cache:
+             sigmas: list[float], level: int, cache: dict, name: str = "ours") -> list[Cell]:
+    """The bundled (or --model) MRI denoiser, loaded once for every level; ``name`` ours_x8:
+    with the x8 self-ensemble."""
+    if name not in cache:
         try:
             from clearvae.restore.denoise import load_denoiser
 
-            cache["ours"] = ours(load_denoiser(args.model, medical=True))
+            cache[name] = ours(load_denoiser(args.model, medical=True),
+                               ensemble=name == "ours_x8")
         except (ImportError, ClearvaeError) as exc:
-            cache["ours"] = f"{type(exc).__name__}: {exc}"
-    if isinstance(cache["ours"], str):
-        return [skip("ours", level, cache["ours"])]
-    return measure("ours", cache["ours"], volumes, noisy, sigmas, level)
+            cache[name] = f"{type(exc).__name__}: {exc}"
+    if isinstance(cache[name], str):
+        return [skip(name, level, cache[name])]
+    return measure(name, cache[name], volumes, noisy, sigmas, level)
 
 
 def run_noisy_only(args: argparse.Namespace, volumes: list[BenchVolume],
@@ -598,8 +604,8 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods:
             if method in CLASSICAL:
                 cells += measure(method, CLASSICAL[method], volumes, noisy, sigmas, level)
-            elif method == "ours":
-                cells += run_ours(args, volumes, noisy, sigmas, level, cache)
+            elif method in ("ours", "ours_x8"):
+                cells += run_ours(args, volumes, noisy, sigmas, level, cache, method)
             else:
                 cells += run_noisy_only(args, volumes, noisy, sigmas, level)
             write(args, result, cells)

@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                    "estimated; Rician: from the background)")
     s.add_argument("--tile", type=int, help="tile size for large images (default: the "
                    "model's own, 256 for the bundled denoisers)")
+    s.add_argument("--ensemble", action="store_true", help="average over the 8 flips and "
+                   "quarter turns of the image: a little better, 8 times slower")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--ignore-noise-level", action="store_true",
                    help="denoise even images far noisier than the model was trained for")
@@ -551,7 +553,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                 model_for(source), source, target, samples=args.samples,
                 save_samples=args.save_samples, std_map=args.std, sigma=args.sigma,
                 tile=args.tile, seed=args.seed, force_noise=args.ignore_noise_level,
-                overwrite=args.force)
+                overwrite=args.force, ensemble=args.ensemble)
         except ClearvaeError as exc:
             print(f"clearvae denoise: error: {exc}", file=sys.stderr)
             failed.append(source)

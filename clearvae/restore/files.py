@@ -95,9 +95,10 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
                  save_samples: int = 0, std_map: bool = False, sigma: float | None = None,
                  tile: int | None = None, seed: int = 0, force_noise: bool = False,
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                 ) -> tuple[Written, Denoised]:
+                 ensemble: bool = False) -> tuple[Written, Denoised]:
     """Denoise one file to ``target`` (default: NAME_denoised.png beside it); on request also
-    NAME_std.png (per-pixel std, on the image's [0, 1] scale) and NAME_sample{k}.png."""
+    NAME_std.png (per-pixel std, on the image's [0, 1] scale) and NAME_sample{k}.png.
+    ``ensemble``: average over the 8 flips and quarter turns (``denoise``)."""
     source = Path(source)
     target = Path(target) if target else denoised_name(source)
     extras = ([_sibling(target, "std")] if std_map else []) + \
@@ -107,12 +108,13 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
     if is_volume_input(source):
         model = model if model is not None else load_denoiser(medical=True)
         return _denoise_volume_file(model, source, target, extras, samples, save_samples,
-                                    std_map, sigma, tile, seed, force_noise, progress)
+                                    std_map, sigma, tile, seed, force_noise, progress,
+                                    ensemble)
     image = read_image(source)  # (H, W, C) in [0, 1]
     depth = _depth(source, image.shape[-1])
     result = denoise(image, model, samples=_draws_needed(model, samples, std_map, save_samples),
                      keep_samples=save_samples > 0, sigma=sigma, tile=tile, seed=seed,
-                     force=force_noise, progress=progress)
+                     force=force_noise, progress=progress, ensemble=ensemble)
     write_image(target, result.mean, depth)
     if std_map:
         write_image(extras[0], result.std.clip(0, 1), depth)
@@ -124,7 +126,7 @@ def denoise_file(model: torch.nn.Module | None, source: str | os.PathLike,
 def _denoise_volume_file(model: torch.nn.Module, source: Path, target: Path, extras: list[Path],
                          samples: int, save_samples: int, std_map: bool, sigma: float | None,
                          tile: int | None, seed: int, force_noise: bool,
-                         progress: Callable[[int, int], None] | None,
+                         progress: Callable[[int, int], None] | None, ensemble: bool,
                          ) -> tuple[Written, Denoised]:
     """``denoise_file`` for a DICOM / NIfTI / 16-bit gray input: the same format back."""
     if not isinstance(model, torch.nn.Module):
@@ -144,7 +146,7 @@ def _denoise_volume_file(model: torch.nn.Module, source: Path, target: Path, ext
     result = denoise_volume(values, model, samples=_draws_needed(model, samples, std_map,
                                                                  save_samples),
                             keep_samples=save_samples > 0, sigma=sigma, tile=tile, seed=seed,
-                            force=force_noise, progress=progress)
+                            force=force_noise, progress=progress, ensemble=ensemble)
     low, high = int(volume.values.min()), int(volume.values.max())
     dtype = volume.values.dtype
 
