@@ -547,8 +547,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 1 <= args.jxl_effort <= 10:
         p.error(f"--jxl-effort must be 1..10, got {args.jxl_effort}")
-    if any(k != int(k) or not 1 <= k <= 9 for k in args.near):
-        p.error(f"--near must be integers 1..9 (JPEG-LS NEAR), got {args.near}")
+    if any(k != int(k) or not 1 <= k <= 255 for k in args.near):  # ISO 14495-1: NEAR <= 255
+        p.error(f"--near must be integers 1..255 (JPEG-LS NEAR), got {args.near}")
     return args
 
 
