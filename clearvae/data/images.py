@@ -26,6 +26,7 @@ from clearvae.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 2**28  # refuse larger images (decompression bombs, absurd headers)
+MAX_SIDE = 1 << 17  # refuse longer sides (the codec's container limit, codec.container.MAX_SIDE)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as Pillow's "L" conversion
 Mode = Literal["crop", "resize", "full"]
 ValueRange = Literal["container", "used"]
@@ -33,11 +34,15 @@ ValueRange = Literal["container", "used"]
 
 @contextlib.contextmanager
 def opened(path: Path, max_pixels: int | None = None) -> Iterator[Image.Image]:
-    """Open ``path`` with Pillow (pixel limit, MAX_PIXELS by default, checked from the header
-    before decoding); every failure inside the block, MemoryError included, becomes a DataError."""
+    """Open ``path`` with Pillow (pixel limit, MAX_PIXELS by default, and MAX_SIDE a side,
+    checked from the header before decoding); every failure inside the block, MemoryError
+    included, becomes a DataError."""
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
+            if not (0 < im.width <= MAX_SIDE and 0 < im.height <= MAX_SIDE):
+                raise DataError(f"cannot read image '{path}': {im.width}x{im.height} is outside "
+                                f"1..{MAX_SIDE} pixels a side (a damaged header?)")
             if im.width * im.height > limit:
                 raise DataError(f"cannot read image '{path}': {im.width}x{im.height} is more "
                                 f"than {limit} pixels; shrink or tile it first")
