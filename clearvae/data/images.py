@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clearvae.codec.container import MAX_SIDE  # one side limit for reading and coding
 from clearvae.errors import ClearvaeError, ConfigError, DataError
 from clearvae.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 2**28  # refuse larger images (decompression bombs, absurd headers)
-MAX_SIDE = 1 << 17  # refuse longer sides (the codec's container limit, codec.container.MAX_SIDE)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as Pillow's "L" conversion
 Mode = Literal["crop", "resize", "full"]
 ValueRange = Literal["container", "used"]
