@@ -10,7 +10,10 @@ original has none: the ratio boundary / around, decoded, against the same ratio 
 original. Also the same image coded as one block, at the same boundaries, for reference.
 
 Flat areas: flat black, mid-grey and white 512x768 images; a flat area must decode flat
-(mean, largest error and standard deviation of the decoded values, 8-bit).
+(mean, largest error and standard deviation of the decoded values, 8-bit). And the first
+photo on a black canvas twice its size, coded with and without the flat-cell map
+(``clearvae.codec.flat``): bytes, PSNR, and the largest and mean error of the background, all
+of it and beyond one cell (16 pixels) from the photo.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clearvae.codec import flat as flat_cells
 from clearvae.codec.storage import load_codec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,10 +101,39 @@ def main() -> None:
                   f"{entry['max_error_inside']:.0f}), std {entry['std']:.2f} (inside "
                   f"{entry['std_inside']:.2f})", flush=True)
             flat.append(entry)
+    canvas = [on_canvas(codec, np.asarray(Image.open(paths[0]).convert("RGB")), q, cells)
+              for q in qualities for cells in (False, True)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "codec_seams.json").write_text(json.dumps(
         {"model_id": codec.id.hex(), "tile": args.tile, "images": [p.name for p in paths],
-         "seams": rows, "flat": flat}, indent=1))
+         "seams": rows, "flat": flat, "canvas": canvas}, indent=1))
+
+
+def on_canvas(codec, photo: np.ndarray, quality: float, cells: bool) -> dict:
+    """The photo in the middle of a black canvas twice its size, coded at ``quality`` with the
+    flat-cell map or without (``cells``): what the background decodes to."""
+    h, w = photo.shape[:2]
+    x = np.zeros((2 * h, 2 * w, 3), np.uint8)
+    x[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = photo
+    background = np.ones(x.shape[:2], bool)
+    background[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = False
+    far = np.ones(x.shape[:2], bool)
+    c = flat_cells.CELL
+    far[h // 2 - c : h // 2 + h + c, w // 2 - c : w // 2 + w + c] = False
+    data = codec.encode(codec.prepare(x, flat_cells=cells), codec.quality_steps(quality)).data
+    out = np.round(codec.decompress(data) * 255)
+    err = np.abs(out - x).max(axis=2)
+    entry = {"quality": quality, "flat_cells": cells, "bytes": len(data),
+             "psnr": float(10 * np.log10(255**2 / np.mean((out - x) ** 2))),
+             "background_max": float(err[background].max()),
+             "background_mean": float(err[background].mean()),
+             "far_max": float(err[far].max()), "far_mean": float(err[far].mean())}
+    print(f"canvas q={quality:g} {'with' if cells else 'without'} flat cells: "
+          f"{entry['bytes']} bytes, {entry['psnr']:.2f} dB, background error max "
+          f"{entry['background_max']:.0f} mean {entry['background_mean']:.2f}; beyond "
+          f"{c} px of the photo max {entry['far_max']:.0f} mean {entry['far_mean']:.2f}",
+          flush=True)
+    return entry
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def make_seeds(out: Path) -> dict[str, list[tuple[str, bytes]]]:
     rgb = _smooth(rng, 64, 64, 3)
     cvae = [("rgb-q4", codec.compress(rgb, quality=4)),
             ("gray-q1", codec.compress(_smooth(rng, 40, 56, 1)[:, :, 0], quality=1)),
-            ("blocks-q8", codec.compress(_smooth(rng, 130, 200, 3), quality=8, tile=64))]
+            ("blocks-q8", codec.compress(_smooth(rng, 130, 200, 3), quality=8, tile=64)),
+            ("flat-q2", codec.compress(_flat(_smooth(rng, 70, 150, 3)), quality=2, tile=64))]
     images = []
     for name, mode, ext, kwargs in [
             ("rgb", "RGB", "png", {}), ("gray", "L", "png", {}), ("rgba", "RGBA", "png", {}),
@@ -188,6 +189,14 @@ def mutate_volume(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
     return f"volume:{op}:{'crc' if crc else 'nocrc'}", bytes(data)
 
 
+def _flat(picture: np.ndarray) -> np.ndarray:
+    """The picture with a black left third and a white square: a file with a flat-cell map."""
+    out = picture.copy()
+    out[:, : out.shape[1] // 3] = 0
+    out[-32:, -32:] = 255
+    return out
+
+
 def _smooth(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
     """(H, W, C) uint8: a blurred noise picture."""
     from PIL import Image
@@ -258,8 +267,9 @@ def mutate_cvae(rng: random.Random, seed: bytes) -> tuple[str, bytes]:
             bits = 8 * struct.calcsize(code)
             struct.pack_into("<" + code, data, offset, _interesting(rng, old, bits))
         op = f"header:{name}"
-    elif op == "lengths":
-        i = rng.randrange(4 * tiles)
+    elif op == "lengths":  # a block's stream length, or the flat-cell map's
+        flags = next(o for name, o, _ in header_fields() if name.startswith("flags"))
+        i = rng.randrange(4 * tiles + (data[flags] & container.FLAT))
         pos = head + 4 * i
         (old,) = struct.unpack_from("<I", data, pos)
         struct.pack_into("<I", data, pos, _interesting(rng, old, 32))

@@ -191,7 +191,7 @@ def decompress_file(codec: Codec, source: str | os.PathLike,
         return _decompress_volume(codec, source, data, None if default else Path(target),
                                   overwrite, max_pixels)
     target = source.with_suffix(".png") if default else Path(target)
-    header, _ = container.unpack(data, str(source), max_pixels)  # a damaged file: say so first
+    header, _, _ = container.unpack(data, str(source), max_pixels)  # a damaged file: say so first
     _check_target(source, target, overwrite)
     if default and target.exists() and not _decoded_by_us(target):
         raise DataError(f"'{target}' exists and was not written by clearvae (the original "

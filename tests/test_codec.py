@@ -69,7 +69,7 @@ def test_decoding_is_deterministic_and_matches_the_encoder(codec):
 def _symbols(codec, data):
     """The decoded y symbols of a one-block file (what must be identical everywhere) and
     their table indices, each (1, M, h, w)."""
-    header, streams = container.unpack(data)
+    header, streams, _ = container.unpack(data)
     q = header.quality_steps - QUALITY_STEPS  # the row of the coding tables
     m = codec.model
     hp, wp = (-(-v // 64) * 64 for v in (header.height, header.width))
@@ -89,7 +89,7 @@ def test_context_picks_tables_from_earlier_slices(codec):
     (computed from earlier slices' symbols); without, they are the hyperprior's."""
     data = codec.compress(_image(64, 64, seed=7), quality=4)
     _, index = _symbols(codec, data)
-    header, streams = container.unpack(data)
+    header, streams, _ = container.unpack(data)
     n = codec.model.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 1, 1))
     s_z = coder.decode(streams[0].z, streams[0].z_escapes, index_z, codec.tables.z,
@@ -109,7 +109,7 @@ def test_integer_table_choice_follows_the_float_networks(codec):
     the network's index and adds the gain's offset, itself rounded: ``index_offset``.)"""
     data = codec.compress(_image(128, 128, seed=8), quality=5)
     symbols, index = _symbols(codec, data)
-    header, streams = container.unpack(data)
+    header, streams, _ = container.unpack(data)
     m, t = codec.model, codec.tables
     n = m.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
@@ -206,7 +206,7 @@ def test_real_bytes_match_the_information_content(codec):
     """rANS spends what the tables say, plus a few words of overhead."""
     img = _image(128, 128, seed=5)
     data = codec.compress(img, quality=4)
-    header, streams = container.unpack(data)
+    header, streams, _ = container.unpack(data)
     s_y, index_y = _symbols(codec, data)
     n = codec.model.config.channels_n
     index_z = np.broadcast_to(np.arange(n)[None, :, None, None], (1, n, 2, 2))
@@ -230,7 +230,7 @@ def test_real_rate_matches_the_model_estimate_on_what_it_was_fit_to(codec):
     for q in (2, 7):
         with torch.no_grad():
             est = estimated_bits(codec.model(x, torch.tensor([q - 1]))).item()
-        _, streams = container.unpack(codec.compress(img, quality=q))
+        _, streams, _ = container.unpack(codec.compress(img, quality=q))
         parts = [p for s in streams for p in s.parts()]
         real = 8 * sum(map(len, parts))
         overhead = 96 * sum(1 for p in parts if p)

@@ -157,8 +157,8 @@ def test_edited_headers_are_errors_not_other_images(codec):  # noqa: F811
     head = container._HEAD
 
     def edited(**fields):
-        names = ["magic", "version", "channels", "quality_steps", "effort", "reserved",
-                 "model_id", "height", "width", "tile", "tiles"]
+        names = ["magic", "version", "channels", "quality_steps", "effort", "flags",
+                 "reserved", "model_id", "height", "width", "tile", "tiles"]
         values = dict(zip(names, head.unpack_from(data)))
         values.update(fields)
         body = head.pack(*values.values()) + data[head.size:-4]
@@ -167,7 +167,8 @@ def test_edited_headers_are_errors_not_other_images(codec):  # noqa: F811
     for fields, message in [({"quality_steps": 0}, "quality"), ({"quality_steps": 8 * 16 + 1},
                             "beyond"), ({"tile": 100}, "block size"),
                             ({"width": 80}, "corrupt"), ({"height": 128}, "corrupt"),
-                            ({"effort": 9}, "effort")]:
+                            ({"effort": 9}, "effort"), ({"flags": 4}, "reserved"),
+                            ({"reserved": b"\x00\x01"}, "reserved")]:
         with pytest.raises(DataError, match=message):
             codec.decompress(edited(**fields))
     huge = edited(height=100_000, width=100_000)

@@ -23,7 +23,9 @@ tables hold the exact integer and float64 values of every step. Large images are
 blocks of ``tile`` pixels, one after another, but z is one grid over the whole image and μ and
 the table indices of a block are computed from the z around it too (``_hyper``), and g_a, h_a
 and g_s run over overlapping tiles of the whole grid: a block edge changes nothing that the
-picture depends on except the context model's view, so blocks leave no seams.
+picture depends on except the context model's view, so blocks leave no seams. Cells of
+16 x 16 pixels of one exact colour are carried beside the latents and painted after g_s
+(``flat``), so that flat regions decode flat.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clearvae.codec import coder, container
+from clearvae.codec import coder, container, flat
 from clearvae.codec.container import QUALITY_STEPS
 from clearvae.codec.context import scale_context_input
 from clearvae.codec.model import MULTIPLE, HyperpriorCodec, _gain
@@ -70,6 +72,7 @@ class Prepared:
     y: Tensor  # (1, M, H'/16, W'/16): g_a of the padded image, before any gain
     channels: int  # channels the caller gave (1 or 3)
     tile: int  # block size in pixels
+    cells: tuple[np.ndarray, np.ndarray] | None = None  # ``flat.find`` of x, when coded
 
     @property
     def pixels(self) -> int:
@@ -165,14 +168,18 @@ class Codec:
         return self.encode(prep, self.quality_steps(quality), effort, progress=progress).data
 
     @torch.no_grad()
-    def prepare(self, image: np.ndarray | Tensor, tile: int = 0) -> Prepared:
-        """Check an image and run the analysis transform once (quality-independent)."""
+    def prepare(self, image: np.ndarray | Tensor, tile: int = 0,
+                flat_cells: bool = True) -> Prepared:
+        """Check an image and run the analysis transform once (quality-independent);
+        ``flat_cells``: find the cells of one exact 8-bit colour, which the file then carries
+        exactly (``flat``; off for images of more than 8 bits)."""
         x, channels = as_tensor(image, self.model.config.image_channels)
         self._check_fresh()
         h, w = x.shape[-2:]
         tile = tile_size(h, w, tile)
         y = tiled(self.model.g_a, pad(x), 1 / 16)
-        return Prepared(x, y, channels, tile)
+        cells = flat.find(x, channels) if flat_cells else None
+        return Prepared(x, y, channels, tile, cells if cells and cells[0].any() else None)
 
     @torch.no_grad()
     def encode(self, prep: Prepared, steps: int, effort: int = 0, reconstruct: bool = False,
@@ -180,11 +187,17 @@ class Codec:
         """Code a prepared image at quality ``steps`` / 16 with the given effort."""
         h, w = prep.x.shape[-2:]
         header = container.Header(prep.channels, steps, self.id, h, w,
-                                  0 if prep.tile >= max(h, w) else prep.tile, effort)
+                                  0 if prep.tile >= max(h, w) else prep.tile, effort,
+                                  prep.cells is not None)
         coded = self.code(prep, steps, effort, container.header_key(header), reconstruct,
                           progress)
-        return Encoded(container.pack(header, coded.streams), steps / QUALITY_STEPS, effort,
-                       coded.x_hat)
+        cells = b""
+        if prep.cells is not None:
+            cells = flat.pack(*prep.cells)
+            if coded.x_hat is not None:
+                flat.paint(coded.x_hat[0].permute(1, 2, 0).numpy(), *prep.cells)
+        return Encoded(container.pack(header, coded.streams, cells), steps / QUALITY_STEPS,
+                       effort, coded.x_hat)
 
     @torch.no_grad()
     def code(self, prep: Prepared, steps: int, effort: int, key: bytes,
@@ -200,8 +213,11 @@ class Codec:
         y = prep.y * _gain(m.y_gain, quality)  # (1, M, h, w) y'
         z = tiled(m.h_a, y, 1 / 4) * _gain(m.z_gain, quality)  # (1, N, h/4, w/4) z'
         if effort:
+            x = pad(prep.x)
+            keep = None if prep.cells is None else flat.uncovered(prep.cells[0],
+                                                                  *x.shape[-2:])
             with torch.enable_grad():
-                y, z = refine(m, pad(prep.x), y, z, quality, effort, progress)
+                y, z = refine(m, x, y, z, quality, effort, progress, keep)
         s_z = torch.round(z - torch.from_numpy(t.median).float()[None, :, None, None])
         s_z = s_z.double().numpy().astype(np.int64)
         h, w = prep.x.shape[-2:]
@@ -294,7 +310,7 @@ class Codec:
 
         A header that claims more than ``max_pixels`` pixels is refused before anything is
         allocated."""
-        header, streams = container.unpack(data, name, max_pixels)
+        header, streams, cells = container.unpack(data, name, max_pixels)
         if header.model_id != self.id:
             raise DataError(f"'{name}' was compressed with another model (id "
                             f"{header.model_id.hex()}); this is {self.name} (id {self.id.hex()}): "
@@ -307,6 +323,9 @@ class Codec:
         x_hat = x_hat[0].permute(1, 2, 0).numpy()
         if header.channels == 1:
             x_hat = x_hat.mean(axis=2, keepdims=True)
+        if header.flat:
+            flat.paint(x_hat, *flat.unpack(cells, header.height, header.width,
+                                           header.channels, name))
         return x_hat
 
     @torch.no_grad()

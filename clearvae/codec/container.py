@@ -8,14 +8,16 @@ Layout (all integers little-endian)::
     5       1     channels of the decoded image (1 = gray, 3 = RGB)
     6       2     quality in steps of 1/16: 16 q (q = 1.0 .. the model's highest quality)
     8       1     effort the encoder spent (0..3; informational, the decoder ignores it)
-    9       3     reserved, 0
+    9       1     flags: bit 0 = the file carries a flat-cell map (``flat``); other bits 0
+    10      2     reserved, 0
     12      8     model id: the first 8 bytes of SHA-256 over the model's weights and tables
     20      4     image height
     24      4     image width
     28      2     block size in pixels, a multiple of 64 below the longer side (0: one block)
     30      4     number of blocks (row-major)
     34      16*n  per block: byte lengths of its 4 streams (z, z escapes, y, y escapes)
-    ...           the streams, block after block
+    [4]           with flag bit 0: byte length of the flat-cell map
+    ...           the streams, block after block, then the flat-cell map
     end-4   4     CRC-32 of every byte before it
 
 The decoder checks magic, version, every header field, the pixel count against a limit, the
@@ -40,7 +42,9 @@ MAX_PIXELS = 2**28  # default pixel limit of the decoder (as for input images): 
 QUALITY_STEPS = 16  # the header stores the quality in steps of 1/16
 MAX_EFFORT = 3
 BLOCK_MULTIPLE = 64
-_HEAD = struct.Struct("<4sBBHB3s8sIIHI")
+_HEAD = struct.Struct("<4sBBHBB2s8sIIHI")
+_LENGTH = struct.Struct("<I")
+FLAT = 1  # flag bit: a flat-cell map follows the streams
 _TILE = struct.Struct("<IIII")
 
 
@@ -53,6 +57,7 @@ class Header:
     width: int
     tile: int  # 0: untiled
     effort: int = 0
+    flat: bool = False  # a flat-cell map follows the streams (``flat``)
 
     @property
     def quality(self) -> float:
@@ -78,8 +83,8 @@ class TileStreams:
 def header_key(header: Header) -> bytes:
     """The header's fields as bytes: what the check symbols of its streams derive from."""
     return _HEAD.pack(MAGIC, VERSION, header.channels, header.quality_steps, header.effort,
-                      bytes(3), header.model_id, header.height, header.width, header.tile,
-                      header.tile_count())
+                      FLAT * header.flat, bytes(2), header.model_id, header.height,
+                      header.width, header.tile, header.tile_count())
 
 
 def block_check(key: bytes, block: int) -> bytes:
@@ -94,18 +99,22 @@ def check_bytes(header: Header, block: int) -> bytes:
     return block_check(header_key(header), block)
 
 
-def pack(header: Header, tiles: list[TileStreams]) -> bytes:
-    """The bytes of a ``.cvae`` file."""
+def pack(header: Header, tiles: list[TileStreams], flat: bytes = b"") -> bytes:
+    """The bytes of a ``.cvae`` file; ``flat`` is the flat-cell map (``header.flat`` says
+    whether there is one)."""
     if len(tiles) != header.tile_count():
         raise ValueError(f"{len(tiles)} tiles given, header implies {header.tile_count()}")
-    out = bytearray(_HEAD.pack(MAGIC, VERSION, header.channels, header.quality_steps,
-                               header.effort, bytes(3), header.model_id, header.height,
-                               header.width, header.tile, len(tiles)))
+    if header.flat != bool(flat):
+        raise ValueError("header.flat must say whether a flat-cell map is given")
+    out = bytearray(header_key(header))
     for t in tiles:
         out += _TILE.pack(*(len(p) for p in t.parts()))
+    if flat:
+        out += _LENGTH.pack(len(flat))
     for t in tiles:
         for part in t.parts():
             out += part
+    out += flat
     out += struct.pack("<I", zlib.crc32(out))
     return bytes(out)
 
@@ -116,7 +125,7 @@ def read_header(data: bytes, name: str = "input", max_pixels: int = MAX_PIXELS) 
         if data[:4] != MAGIC[: len(data[:4])]:
             raise DataError(f"'{name}' is not a clearvae compressed file (.cvae)")
         raise DataError(f"'{name}' is truncated ({len(data)} bytes)")
-    (magic, version, channels, quality, effort, reserved, model_id, h, w, tile,
+    (magic, version, channels, quality, effort, flags, reserved, model_id, h, w, tile,
      n) = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise DataError(f"'{name}' is not a clearvae compressed file (.cvae)")
@@ -126,7 +135,7 @@ def read_header(data: bytes, name: str = "input", max_pixels: int = MAX_PIXELS) 
     if version < VERSION:
         raise DataError(f"'{name}' uses .cvae format {version}, written by an earlier "
                         f"development version of clearvae; this one reads format {VERSION}")
-    header = Header(channels, quality, model_id, h, w, tile, effort)
+    header = Header(channels, quality, model_id, h, w, tile, effort, bool(flags & FLAT))
     problems = []
     if channels not in (1, 3):
         problems.append(f"{channels} channels")
@@ -134,8 +143,8 @@ def read_header(data: bytes, name: str = "input", max_pixels: int = MAX_PIXELS) 
         problems.append(f"quality {quality / QUALITY_STEPS}")
     if effort > MAX_EFFORT:
         problems.append(f"effort {effort}")
-    if reserved != bytes(3):
-        problems.append("reserved bytes set")
+    if flags & ~FLAT or reserved != bytes(2):
+        problems.append("reserved bits set")
     if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
         problems.append(f"size {w}x{h}")
     elif tile and (tile % BLOCK_MULTIPLE or tile >= max(h, w)):
@@ -154,8 +163,10 @@ def read_header(data: bytes, name: str = "input", max_pixels: int = MAX_PIXELS) 
 
 
 def unpack(data: bytes, name: str = "input",
-           max_pixels: int = MAX_PIXELS) -> tuple[Header, list[TileStreams]]:
-    """Parse and check a ``.cvae`` file; any inconsistency is a DataError naming ``name``."""
+           max_pixels: int = MAX_PIXELS) -> tuple[Header, list[TileStreams], bytes]:
+    """Parse and check a ``.cvae`` file: its header, the streams of each block and the
+    flat-cell map (b"" when there is none); any inconsistency is a DataError naming
+    ``name``."""
     header = read_header(data, name, max_pixels)
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) != crc:
@@ -166,7 +177,15 @@ def unpack(data: bytes, name: str = "input",
         raise DataError(f"'{name}' is truncated (block table)")
     lengths = [_TILE.unpack_from(data, pos + i * _TILE.size) for i in range(n)]
     pos += n * _TILE.size
-    if pos + sum(map(sum, lengths)) != len(data) - 4:
+    flat = 0
+    if header.flat:
+        if pos + _LENGTH.size > len(data) - 4:
+            raise DataError(f"'{name}' is truncated (flat-cell map length)")
+        (flat,) = _LENGTH.unpack_from(data, pos)
+        pos += _LENGTH.size
+        if flat == 0:
+            raise DataError(f"'{name}' is corrupt: its header announces an empty flat-cell map")
+    if pos + sum(map(sum, lengths)) + flat != len(data) - 4:
         raise DataError(f"'{name}' is corrupt: stream lengths do not add up to the file size")
     tiles = []
     for lens in lengths:
@@ -175,9 +194,10 @@ def unpack(data: bytes, name: str = "input",
             parts.append(data[pos : pos + size])
             pos += size
         tiles.append(TileStreams(*parts))
-    return header, tiles
+    return header, tiles, data[pos : pos + flat]
 
 
 def overhead(tiles: int) -> int:
-    """Bytes of a file besides its streams: header, block table and checksum."""
+    """Bytes of a file besides its streams: header, block table and checksum (and, in a file
+    with a flat-cell map, 4 bytes for its length)."""
     return _HEAD.size + tiles * _TILE.size + 4

@@ -98,7 +98,7 @@ def compress_gray(codec: Codec, volume: GrayVolume, quality: float | None = None
 
         def prepare(x: np.ndarray = x, prepared: list[Prepared] = prepared) -> Prepared:
             if not prepared:  # g_a runs only for slices that get a lossy layer
-                prepared.append(codec.prepare(x, tile))
+                prepared.append(codec.prepare(x, tile, flat_cells=False))
             return prepared[0]
 
         slice_key = key + struct.pack("<I", i)
@@ -181,8 +181,8 @@ def _search(codec: Codec, prep, effort: int, given: dict, progress: Progress | N
             raise
     smallest = fixed + sum(  # every slice at the lowest quality
         sum(len(b"".join(b.parts())) for b in codec.code(
-            codec.prepare(v.astype(np.float32) / float(2**bits - 1), tile), QUALITY_STEPS,
-            0, b"").streams) for v in values)
+            codec.prepare(v.astype(np.float32) / float(2**bits - 1), tile, flat_cells=False),
+            QUALITY_STEPS, 0, b"").streams) for v in values)
     raise DataError(f"cannot fit the volume in {max_bytes} bytes: the smallest file for it "
                     f"is about {smallest} bytes (quality 1)") from None
 

@@ -17,6 +17,9 @@ annealed towards 0, where the draw becomes the hard rounding the coder will do::
     logits = -atanh(v - ⌊v⌋) / τ, -atanh(⌈v⌉ - v) / τ       (nearer integer, higher weight)
     loss = λ_q 255² MSE(x, g_s(ỹ)) + bits(ỹ | h_s(z̃), context) / pixels + bits(z̃) / pixels
 
+The MSE leaves out the pixels of flat cells (``flat``), which the decoder paints exactly: it
+is the distortion of the decoded image, and no bits are spent on what the map already gives.
+
 Adam moves y' and z' only; the model stays as trained. Large images are refined in windows of
 ``WINDOW`` latents with a margin on each side (only each window's centre is kept), so memory
 stays bounded like the rest of the codec.
@@ -45,10 +48,11 @@ SEED = 0  # the Gumbel draws are seeded: the same image gives the same file
 
 def refine(model: HyperpriorCodec, x: Tensor, y: Tensor, z: Tensor, quality: Tensor,
            effort: int, progress: Callable[[int, int, float, float], None] | None = None,
-           ) -> tuple[Tensor, Tensor]:
+           keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Refined (y', z') for the image x (1, C, H, W), not padded; y' (1, M, h, w) and z'
     (1, N, h/4, w/4) are the gained latents of x padded to 64. ``progress`` gets
-    (iteration, iterations, estimated bpp, estimated PSNR) after every iteration."""
+    (iteration, iterations, estimated bpp, estimated PSNR) after every iteration. ``keep``
+    (1, 1, H, W), 0 or 1, weighs each pixel's error (``flat.uncovered``; None: all 1)."""
     iterations = ITERATIONS[effort]
     h, w = y.shape[-2:]
     y, z = y.clone(), z.clone()
@@ -59,6 +63,7 @@ def refine(model: HyperpriorCodec, x: Tensor, y: Tensor, z: Tensor, quality: Ten
         a0, a1 = max(i0 - WINDOW_MARGIN, 0), min(i1 + WINDOW_MARGIN, h)
         b0, b1 = max(j0 - WINDOW_MARGIN, 0), min(j1 + WINDOW_MARGIN, w)
         xw = x[..., 16 * a0 : 16 * a1, 16 * b0 : 16 * b1]  # the real pixels in the window
+        kw = None if keep is None else keep[..., 16 * a0 : 16 * a1, 16 * b0 : 16 * b1]
 
         def report(t: int, bpp: float, psnr: float, k: int = k) -> None:
             if progress is not None:
@@ -66,7 +71,7 @@ def refine(model: HyperpriorCodec, x: Tensor, y: Tensor, z: Tensor, quality: Ten
 
         yw, zw = _anneal(model, xw, y[..., a0:a1, b0:b1], z[..., a0 // 4 : a1 // 4,
                                                             b0 // 4 : b1 // 4],
-                         quality, iterations, generator, report)
+                         quality, iterations, generator, report, kw)
         y[..., i0:i1, j0:j1] = yw[..., i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
         z[..., i0 // 4 : i1 // 4, j0 // 4 : j1 // 4] = zw[..., (i0 - a0) // 4 : (i1 - a0) // 4,
                                                          (j0 - b0) // 4 : (j1 - b0) // 4]
@@ -86,9 +91,11 @@ def soft_round(v: Tensor, tau: float, generator: torch.Generator) -> Tensor:
 
 def _anneal(model: HyperpriorCodec, x: Tensor, y: Tensor, z: Tensor, quality: Tensor,
             iterations: int, generator: torch.Generator,
-            report: Callable[[int, float, float], None]) -> tuple[Tensor, Tensor]:
+            report: Callable[[int, float, float], None],
+            keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """SGA on one window: x (1, C, H, W) (the image part, maybe smaller than 16 y's size at the
-    image's edge), y' (1, M, h, w), z' (1, N, h/4, w/4). Returns the refined (y', z')."""
+    image's edge), y' (1, M, h, w), z' (1, N, h/4, w/4), ``keep`` the pixels' weights (1, 1,
+    H, W) or None. Returns the refined (y', z')."""
     h, w = x.shape[-2:]
     y, z = y.detach().clone().requires_grad_(True), z.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([y, z], lr=LEARNING_RATE)
@@ -111,7 +118,8 @@ def _anneal(model: HyperpriorCodec, x: Tensor, y: Tensor, z: Tensor, quality: Te
         x_hat = synthesis(y_soft * y_inverse)[..., :h, :w]
         y_bits = -model.y_conditional.likelihood(y_soft, scale_from_index(index), means).log2()
         z_bits = -model.z_prior.likelihood(z_soft).log2()
-        mse = (x_hat - x).square().mean()
+        error = (x_hat - x).square()
+        mse = (error if keep is None else error * keep).mean()
         bpp = (y_bits.sum() + z_bits.sum()) / (h * w)
         loss = lam * mse + bpp
         y.grad, z.grad = torch.autograd.grad(loss, [y, z])

@@ -98,7 +98,7 @@ def save_cvae(folder: Path, field: str, data: bytes, max_pixels: int) -> tuple[P
                                    f"{header.slices} slices: this server decodes images; "
                                    "decode it with `clearvae decompress`")
         else:
-            header, _ = container.unpack(data, field, ANY_SIZE)
+            header, _, _ = container.unpack(data, field, ANY_SIZE)
             pixels = header.height * header.width
     except DataError as exc:
         raise ServiceError(400, str(exc)) from None
