@@ -110,16 +110,18 @@ def main() -> None:
 
 
 def on_canvas(codec, photo: np.ndarray, quality: float, cells: bool) -> dict:
-    """The photo in the middle of a black canvas twice its size, coded at ``quality`` with the
-    flat-cell map or without (``cells``): what the background decodes to."""
+    """The photo in the middle of a black canvas twice its size (7 and 5 pixels off the cell
+    grid), coded at ``quality`` with the flat-cell map or without (``cells``): what the
+    background decodes to."""
     h, w = photo.shape[:2]
+    top, left = h // 2 - 7, w // 2 - 5  # off the cell grid: cells straddle the photo's edge
     x = np.zeros((2 * h, 2 * w, 3), np.uint8)
-    x[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = photo
+    x[top : top + h, left : left + w] = photo
     background = np.ones(x.shape[:2], bool)
-    background[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = False
+    background[top : top + h, left : left + w] = False
     far = np.ones(x.shape[:2], bool)
     c = flat_cells.CELL
-    far[h // 2 - c : h // 2 + h + c, w // 2 - c : w // 2 + w + c] = False
+    far[top - c : top + h + c, left - c : left + w + c] = False
     data = codec.encode(codec.prepare(x, flat_cells=cells), codec.quality_steps(quality)).data
     out = np.round(codec.decompress(data) * 255)
     err = np.abs(out - x).max(axis=2)

@@ -302,6 +302,31 @@ def rician_mean(s: np.ndarray, sigma: float) -> np.ndarray:
     return sigma * math.sqrt(math.pi / 2) * laguerre.numpy()
 
 
+def _rician_moments() -> tuple[Tensor, Tensor]:
+    """E[x] / sigma and Var[x] / sigma^2 of Rician magnitudes on a grid of SNR s / sigma from
+    0 to 40 (float64), both increasing in s: Var[x] = s^2 + 2 sigma^2 - E[x]^2."""
+    snr = np.linspace(0, 40, 2001)
+    mean = rician_mean(snr, 1.0)
+    return torch.from_numpy(mean), torch.from_numpy(snr**2 + 2 - mean**2)
+
+
+_MOMENTS = _rician_moments()
+
+
+def rician_variance(m: Tensor, sigma: Tensor) -> Tensor:
+    """Var[x] of Rician magnitudes whose mean E[x] is ``m`` (B, C, H, W), noise ``sigma``
+    (B,): 0.43 sigma^2 in the background (Rayleigh: (2 - pi / 2) sigma^2), rising to sigma^2
+    where the signal is well above the noise. What recorruption must use as D^2 for Rician
+    data: with sigma^2 everywhere, its pairs are biased in the background by up to 2 sigma
+    (docs/benchmarks.md)."""
+    sd = sigma[:, None, None, None]
+    mean, var = (t.to(m.device) for t in _MOMENTS)
+    r = (m / sd).double().clamp(float(mean[0]), float(mean[-1]))
+    i = torch.searchsorted(mean, r.contiguous()).clamp(1, len(mean) - 1)
+    w = (r - mean[i - 1]) / (mean[i] - mean[i - 1])
+    return ((var[i - 1] + w * (var[i] - var[i - 1])) * sd.double().square()).to(m.dtype)
+
+
 def rician_unbias(m: np.ndarray, sigma: float) -> np.ndarray:
     """The signal s >= 0 whose Rician mean (``rician_mean``) is m: the inverse of the bias that
     Rician noise adds to a (denoised) magnitude estimate; 0 where m is below the mean of pure

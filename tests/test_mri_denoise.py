@@ -22,6 +22,7 @@ from clearvae.models.denoiser import (
     DenoisingVAEConfig,
     _single_slices,
     denoise_objective,
+    recorrupt,
 )
 from clearvae.noise import (
     NoiseConfig,
@@ -30,7 +31,9 @@ from clearvae.noise import (
     fit_noise,
     noise_log_prob,
     rician_mean,
+    rician_noise,
     rician_unbias,
+    rician_variance,
 )
 from clearvae.restore.denoise import denoise, denoise_volume
 from clearvae.restore.files import denoise_file, denoised_name, inpaint_file
@@ -68,6 +71,33 @@ def test_rician_noise_has_the_rician_mean_and_unbias_inverts_it(snr):
     s = np.linspace(0, 30, 301)
     assert np.abs(rician_unbias(rician_mean(s, 0.5), 0.5) - s).max() < 2e-3
     assert rician_unbias(np.array([0.1, 1.2]), 1.0).tolist() == [0.0, 0.0]  # below pure noise
+
+
+@pytest.mark.parametrize("snr", [0.0, 1.0, 2.0, 4.0, 20.0])
+def test_rician_variance_is_that_of_rician_magnitudes_of_that_mean(snr):
+    sigma = 0.05
+    x = torch.from_numpy(add_rician_noise(np.full((1, 1, 400, 1000), snr * sigma), sigma,
+                                          seed=2))
+    got = rician_variance(torch.full((1, 1, 1, 1), float(x.mean())), torch.tensor([sigma]))
+    assert float(got) == pytest.approx(float(x.var()), rel=0.02)
+
+
+def test_rician_recorruption_pairs_are_uncorrelated_in_the_air_too():
+    """Where the signal is 0 (air) Rician noise is Rayleigh, of variance 0.43 sigma^2: a pair
+    made with D^2 = sigma^2 there has noises correlated by -0.57 sigma^2; made with the Rician
+    variance at the local mean, hardly at all. In tissue the pair is as for Gaussian noise."""
+    sigma = 0.05
+    noise = NoiseConfig(kind="rician", sigma=sigma * 255)
+    clean = torch.zeros(16, 1, 48, 48)
+    clean[..., 24:] = 0.6  # left half air, right half tissue at SNR 12
+    torch.manual_seed(3)
+    y = rician_noise(clean, torch.full((16,), sigma))
+    inp, target, _ = recorrupt(noise, y, (1.0, 1.0))
+    m = torch.from_numpy(rician_mean(clean.numpy(), sigma))
+    for half in (slice(0, 24), slice(24, 48)):
+        a, b = ((t - m)[..., half].flatten() for t in (inp, target))
+        cov = float(((a - a.mean()) * (b - b.mean())).mean())
+        assert abs(cov) < 0.1 * sigma**2, cov / sigma**2
 
 
 def test_rician_log_prob_is_a_density_over_magnitudes():

@@ -35,10 +35,14 @@ range (measured in docs/benchmarks.md). The branch scores the target with the ta
 added to its own spread, N(target; s, tau^2 + (1 + 1 / alpha^2) D^2): the explicit noise model
 of DivNoising. For Poisson-Gaussian noise D^2 = a s + b is taken at a 3x3 local mean of y, an
 approximation (the recorruption then depends a little on n itself). For Rician noise
-(magnitude MRI) the pair is made as for Gaussian noise of the same sigma, which Rician noise is
-close to wherever the signal is well above it (Gudbjartsson & Patz 1995): the U-Net then learns
-E[y | input], the Rician mean of the signal, which ``restore.denoise`` maps back to the signal
-(``noise.rician_unbias``). With synthetic Rician noise on clean images no such step is needed.
+(magnitude MRI) D^2 is the variance of Rician magnitudes whose mean is that local mean
+(``noise.rician_variance``): sigma^2 where the signal is well above the noise, where Rician
+noise is close to Gaussian (Gudbjartsson & Patz 1995), but only 0.43 sigma^2 in the air, where
+it is Rayleigh; with sigma^2 there too the pairs' noises are correlated and the target is
+biased upwards by up to 2 sigma in the background (measured in docs/benchmarks.md). The U-Net
+learns E[y | input], the Rician mean of the signal, which ``restore.denoise`` maps back to the
+signal (``noise.rician_unbias``). With synthetic Rician noise on clean images no such step
+is needed.
 
 2.5-D (a conditional backbone with ``context_slices`` k): the batch holds stacks of 2k + 1
 neighbouring slices, all noised independently, and the target is the middle one. A stack whose
@@ -62,7 +66,13 @@ from clearvae.models.base import VAEOutput, vae_loss
 from clearvae.models.conditional import ConditionalDenoiser, ConditionalDenoiserConfig
 from clearvae.models.conv import ConvVAE, ConvVAEConfig
 from clearvae.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
-from clearvae.noise import NoiseConfig, noise_log_prob, noise_variance, rician_noise
+from clearvae.noise import (
+    NoiseConfig,
+    noise_log_prob,
+    noise_variance,
+    rician_noise,
+    rician_variance,
+)
 
 BACKBONES = {"hierarchical": HierarchicalVAE, "conv": ConvVAE, "conditional": ConditionalDenoiser}
 
@@ -221,10 +231,12 @@ def recorrupt(noise: NoiseConfig, y: Tensor,
               alpha: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
     """Input, target and the target's noise variance (each (B, C, H, W)) for noisy crops y:
     the recorruption pair of the module docstring, alpha uniform in ``alpha`` per image."""
-    level = y  # Gaussian: D^2 does not depend on the signal; Poisson-Gaussian: its local mean
+    level = y  # Gaussian: D^2 does not depend on the signal; the others: from its local mean
     if noise.kind != "gaussian":
         level = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     var = noise_variance(noise, level)
+    if noise.kind == "rician":  # Var[y] at that mean: Rayleigh's 0.43 sigma^2 in the air
+        var = rician_variance(level, var[:, 0, 0, 0].sqrt())
     lo, hi = alpha
     a = (lo + (hi - lo) * torch.rand(y.shape[0], device=y.device))[:, None, None, None]
     d = var.sqrt() * torch.randn_like(y)
