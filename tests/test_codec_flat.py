@@ -39,7 +39,8 @@ def _with_flat(h=70, w=90):
 def test_find_flags_whole_cells_of_one_value_only():
     img = _with_flat()
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    mask, values = flat.find(x, 3)
+    cells = flat.find(x, 3)
+    mask, values = cells.mask, cells.values
     assert mask.shape == flat.grid(70, 90) == (5, 6)
     expected = np.zeros((5, 6), bool)
     expected[:, :2] = True  # columns 0-31 are black; cell column 2 (32-47) is half noise

@@ -72,7 +72,7 @@ class Prepared:
     y: Tensor  # (1, M, H'/16, W'/16): g_a of the padded image, before any gain
     channels: int  # channels the caller gave (1 or 3)
     tile: int  # block size in pixels
-    cells: tuple[np.ndarray, np.ndarray] | None = None  # ``flat.find`` of x, when coded
+    cells: flat.Cells | None = None  # the flat cells of x (``flat.find``); None: none coded
 
     @property
     def pixels(self) -> int:
@@ -178,8 +178,7 @@ class Codec:
         h, w = x.shape[-2:]
         tile = tile_size(h, w, tile)
         y = tiled(self.model.g_a, pad(x), 1 / 16)
-        cells = flat.find(x, channels) if flat_cells else None
-        return Prepared(x, y, channels, tile, cells if cells and cells[0].any() else None)
+        return Prepared(x, y, channels, tile, flat.find(x, channels) if flat_cells else None)
 
     @torch.no_grad()
     def encode(self, prep: Prepared, steps: int, effort: int = 0, reconstruct: bool = False,
@@ -191,13 +190,11 @@ class Codec:
                                   prep.cells is not None)
         coded = self.code(prep, steps, effort, container.header_key(header), reconstruct,
                           progress)
-        cells = b""
-        if prep.cells is not None:
-            cells = flat.pack(*prep.cells)
-            if coded.x_hat is not None:
-                flat.paint(coded.x_hat[0].permute(1, 2, 0).numpy(), *prep.cells)
-        return Encoded(container.pack(header, coded.streams, cells), steps / QUALITY_STEPS,
-                       effort, coded.x_hat)
+        cells = prep.cells
+        if cells is not None and coded.x_hat is not None:
+            flat.paint(coded.x_hat[0].permute(1, 2, 0).numpy(), cells.mask, cells.values)
+        return Encoded(container.pack(header, coded.streams, cells.data if cells else b""),
+                       steps / QUALITY_STEPS, effort, coded.x_hat)
 
     @torch.no_grad()
     def code(self, prep: Prepared, steps: int, effort: int, key: bytes,
@@ -214,7 +211,7 @@ class Codec:
         z = tiled(m.h_a, y, 1 / 4) * _gain(m.z_gain, quality)  # (1, N, h/4, w/4) z'
         if effort:
             x = pad(prep.x)
-            keep = None if prep.cells is None else flat.uncovered(prep.cells[0],
+            keep = None if prep.cells is None else flat.uncovered(prep.cells.mask,
                                                                   *x.shape[-2:])
             with torch.enable_grad():
                 y, z = refine(m, x, y, z, quality, effort, progress, keep)

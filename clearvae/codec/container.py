@@ -198,6 +198,6 @@ def unpack(data: bytes, name: str = "input",
 
 
 def overhead(tiles: int) -> int:
-    """Bytes of a file besides its streams: header, block table and checksum (and, in a file
-    with a flat-cell map, 4 bytes for its length)."""
+    """Bytes of a file besides its streams: header, block table and checksum (a flat-cell map
+    adds its own bytes and 4 for its length)."""
     return _HEAD.size + tiles * _TILE.size + 4

@@ -19,6 +19,8 @@ a map whose bits, values or end do not add up.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -34,9 +36,22 @@ def grid(height: int, width: int) -> tuple[int, int]:
     return -(-height // CELL), -(-width // CELL)
 
 
-def find(x: Tensor, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flat cells of ``x`` (1, C, H, W) in [0, 1]: a (rows, cols) bool map and the 8-bit
-    values (k, ``channels``) of its k flagged cells in grid order."""
+@dataclass(frozen=True)
+class Cells:
+    """The flat cells of an image: a (rows, cols) bool map and the 8-bit values (k, channels)
+    of its k flagged cells in grid order."""
+
+    mask: np.ndarray
+    values: np.ndarray
+
+    @cached_property
+    def data(self) -> bytes:
+        """The map as the file stores it (``pack``), made once per image."""
+        return pack(self.mask, self.values)
+
+
+def find(x: Tensor, channels: int) -> Cells | None:
+    """The flat cells of ``x`` (1, C, H, W) in [0, 1]; None when no cell is flat."""
     rows, cols = grid(*x.shape[-2:])
     mask = np.zeros((rows, cols), bool)
     values = []
@@ -49,7 +64,9 @@ def find(x: Tensor, channels: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = cells.min(axis=(1, 3)), cells.max(axis=(1, 3))  # (C, cols)
         mask[i] = (lo == hi).all(axis=0)
         values.append(lo[:, mask[i]].T)
-    return mask, np.concatenate(values).reshape(-1, channels)
+    if not mask.any():
+        return None
+    return Cells(mask, np.concatenate(values).reshape(-1, channels))
 
 
 def uncovered(mask: np.ndarray, height: int, width: int) -> Tensor:
