@@ -88,6 +88,7 @@ from machine import machine_info
 from skimage.metrics import structural_similarity
 from skimage.restoration import denoise_nl_means
 
+from clearvae import checkpoint
 from clearvae.data.images import fit_to_size, split_key, used_bits
 from clearvae.data.medical import read_volume
 from clearvae.errors import ClearvaeError, DataError
@@ -376,6 +377,9 @@ def fit_noisy_only(args: argparse.Namespace, level: int, noisy: list[np.ndarray]
     info = {"train_seconds": time.perf_counter() - t0, "train_minutes_budget":
             args.noisy_only_minutes, "model": str(path), "train_slices": len(dataset),
             "unit_sigma_255": 255 * unit_sigma, "train_settings": list(args.noisy_only_set)}
+    trained = checkpoint.read_file(path).info  # keep_best: which step's weights it kept
+    info |= {k: trained[k] for k in ("steps", "val_images", "best_step", "best_val_mse")
+             if k in trained}
     return ours_scaled(load_denoiser(path), unit_sigma), info
 
 
@@ -510,13 +514,22 @@ def markdown(result: dict, cells: list[Cell]) -> str:
     if singles:
         lines += ["", "Single slices, no volume: " + "; ".join(singles) + "."]
     trained = [f"- {c.method}, {c.level} %: trained {c.extra['train_seconds']:.0f} s on "
-               f"{c.extra['train_slices']} noisy slices" for c in cells
+               f"{c.extra['train_slices']} noisy slices" + _kept_step(c.extra) for c in cells
                if "train_seconds" in c.extra]
     if trained:
         lines += ["", "Training (not in s / slice):", "", *trained]
     if notes:
         lines += ["", "Skipped:", "", *notes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _kept_step(extra: dict) -> str:
+    """What keep_best kept, for the training line: the step of the weights used."""
+    if "best_step" not in extra:
+        return ""
+    return (f" ({extra['val_images']} of them held out: the weights of step "
+            f"{extra['best_step']} of {extra['steps']}, validation error "
+            f"{extra['best_val_mse']:.3g})")
 
 
 def write(args: argparse.Namespace, result: dict, cells: list[Cell]) -> None:

@@ -39,6 +39,7 @@ from clearvae.models import VAE, build_model, model_config_from_dict, vae_loss
 from clearvae.models.conv import ConvVAEConfig
 
 CHECKPOINT_NAME = "checkpoints/last.safetensors"
+BEST_NAME = "checkpoints/best.safetensors"  # keep_best: the weights of the best evaluation
 MODEL_NAME = "model.safetensors"
 MAX_SKIPS_IN_A_ROW = 50
 MAX_CROP_PIXELS = 4096 * 4096  # data.size: a larger crop times a batch outgrows any memory
@@ -51,6 +52,8 @@ class DataConfig(Config):
 
     train: str = "synthetic-digits"  # folder, MNIST IDX folder, digits CSV, or synthetic-digits
     val: str | None = None  # evaluated at the end (and every eval_every steps)
+    # denoisers: this share of the training images held out to validate on (early stopping)
+    val_share: float = 0.0
     size: tuple[int, int] | None = None  # crop / resize to (H, W); None keeps the data's size
     mode: Literal["crop", "resize", "full"] = "crop"
     channels: int | None = None  # 1 = gray, 3 = RGB, None = as the data is
@@ -71,6 +74,9 @@ class DataConfig(Config):
         if self.flat_share > 1:
             raise ConfigError(f"data.flat_share is a share of the crops, in [0, 1]; got "
                               f"{self.flat_share}")
+        if not 0 <= self.val_share < 1:
+            raise ConfigError(f"data.val_share is the share of the training images held out, "
+                              f"in [0, 1); got {self.val_share}")
         if self.value_range not in ("container", "used"):
             raise ConfigError(f"data.value_range must be 'container' or 'used', got "
                               f"{self.value_range!r}")
@@ -127,6 +133,9 @@ class TrainConfig(Config):
     checkpoint_every: int = 500
     eval_every: int = 0  # 0: evaluate only at the end
     eval_images: int = 1000
+    # the model file holds the averaged weights of the evaluation with the lowest validation
+    # error (denoisers with data.val_share), not the last: early stopping from noisy images
+    keep_best: bool = False
     init_from: str | None = None  # start from the weights of this model file or checkpoint
     max_minutes: float | None = None  # also stop after this much wall time (equal budgets)
     accelerator: str = "auto"
@@ -163,6 +172,13 @@ class TrainConfig(Config):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                               f"'{self.precision}'")
+        if self.data.val_share and not (self.model.kind == "denoiser"
+                                        and self.model.conditional):
+            raise ConfigError("data.val_share holds out images to validate a conditional "
+                              "denoiser on; a VAE is validated on data.val")
+        if self.keep_best and not (self.data.val_share and self.eval_every):
+            raise ConfigError("keep_best needs a validation error during the run: set "
+                              "data.val_share (e.g. 0.15) and eval_every (e.g. 250)")
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -246,12 +262,21 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
             from clearvae.data.registry import WithFlat
 
             dataset = WithFlat(dataset, d.flat_share)
+    val_set = None
+    if d.val_share:
+        from clearvae.data.registry import hold_out
+
+        dataset, val_set = hold_out(dataset, d.val_share, config.seed)
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps,
                           fabric.global_rank, fabric.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
                                          num_workers=d.num_workers)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     info = {"data": source, "data_images": len(dataset), "world_size": fabric.world_size}
+    if val_set is not None:
+        info["val_images"] = len(val_set)
+    best = _best_so_far(out / BEST_NAME) if resume else None  # (step, error) or None
+    validates = bool(d.val and is_vae or val_set is not None)
 
     saved = start if resume else None  # the step of the checkpoint on disk (None: none yet)
     with _writing("the training log in", out, ckpt_path, saved):
@@ -285,9 +310,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
                     with _writing("the metrics", logger.path, ckpt_path, saved):
                         logger.log(done, metrics)
                     _show(fabric, bar, metrics, done, config.max_steps)
-                if config.eval_every and done % config.eval_every == 0 and d.val and is_vae:
+                if config.eval_every and done % config.eval_every == 0 and validates:
+                    val = _validate(ema, config, fabric, val_set)
                     with _writing("the metrics", logger.path, ckpt_path, saved):
-                        logger.log(done, _val_metrics(ema, config, fabric))
+                        logger.log(done, val)
+                    if config.keep_best and fabric.global_rank == 0:
+                        best = _keep_if_best(out / BEST_NAME, config, ema, done, val, best,
+                                             ckpt_path, saved)
                 if done % config.checkpoint_every == 0 or done == last:
                     info["replica_fingerprints"] = _check_replicas(fabric, model)
                     if fabric.global_rank == 0:
@@ -311,9 +340,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
 
     info["steps"] = last
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
-    if d.val and is_vae:
-        info["val"] = _val_metrics(ema, config, fabric)
+    if validates:
+        info["val"] = _validate(ema, config, fabric, val_set)
     model_path = out / MODEL_NAME
+    if config.keep_best and fabric.global_rank == 0:
+        best = _keep_if_best(out / BEST_NAME, config, ema, last, info["val"], best, ckpt_path,
+                             saved)
+        if best[0] != last:  # the model file: the best weights, not the last
+            ema.load_state_dict(checkpoint.load_file(out / BEST_NAME).tensors)
+        info |= {"best_step": best[0], "best_val_mse": best[1]}
+        fabric.print(f"keep_best: the weights of step {best[0]} (validation error "
+                     f"{best[1]:.6g}; step {last}: {info['val']['val_mse']:.6g})")
     if fabric.global_rank == 0:
         with _writing("the model", model_path, ckpt_path, saved):
             checkpoint.save_file(model_path, "model", ema.state_dict(), config.model.to_dict(),
@@ -534,7 +571,7 @@ def _checkpoint_on_interrupt(ckpt_path: Path, config: TrainConfig, model: torch.
 def _remove_stale_temporaries(out: Path) -> None:
     """Temporary files that an earlier run killed mid-write left in ``out`` (only the exact
     names ``atomic_write`` gives them for the files training writes)."""
-    for path in (out / CHECKPOINT_NAME, out / MODEL_NAME, out / MetricsLog.NAME):
+    for path in (out / CHECKPOINT_NAME, out / BEST_NAME, out / MODEL_NAME, out / MetricsLog.NAME):
         for stale in remove_stale_temporaries(path.parent, path.name):
             print(f"removed '{stale}', left by an interrupted write", file=sys.stderr)
 
@@ -640,6 +677,54 @@ def _init_weights(path: Path, config: TrainConfig, model: torch.nn.Module,
         raise TrainingError(f"init_from '{path}': its weights do not fit the model "
                             f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
     ema.load_state_dict(model.state_dict())
+
+
+def _validate(ema: torch.nn.Module, config: TrainConfig, fabric: Any,
+              val_set: torch.utils.data.Dataset | None) -> dict[str, float]:
+    """Validation metrics: a VAE's on data.val, a denoiser's on its held-out images."""
+    if val_set is None:
+        return _val_metrics(ema, config, fabric)
+    return _denoiser_val_metrics(ema, config, fabric, val_set)
+
+
+@torch.no_grad()
+def _denoiser_val_metrics(ema: torch.nn.Module, config: TrainConfig, fabric: Any,
+                          val_set: torch.utils.data.Dataset) -> dict[str, float]:
+    """``val_mse``: the denoiser's validation error (``models.denoiser.validation_error``)
+    on the held-out images, each cropped, flipped and noised the same way at every
+    evaluation (its seeds are fixed), so that two evaluations differ only by the weights."""
+    from clearvae.models.denoiser import validation_error
+
+    n = min(len(val_set), config.eval_images)
+    total = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 0x7A1)
+        for i in range(0, n, config.batch_size):
+            keys = range(i, min(n, i + config.batch_size))
+            x = torch.stack([val_set[(j, config.seed + j)] for j in keys]).to(fabric.device)
+            total += validation_error(ema, x).item() * len(keys)
+    return {"val_mse": total / n}
+
+
+def _best_so_far(path: Path) -> tuple[int, float] | None:
+    """(step, validation error) of the best weights a resumed run kept, or None."""
+    if not path.exists():
+        return None
+    info = checkpoint.load_file(path, expect="model").info
+    return info["step"], info["val_mse"]
+
+
+def _keep_if_best(path: Path, config: TrainConfig, ema: torch.nn.Module, step: int,
+                  val: dict[str, float], best: tuple[int, float] | None, ckpt_path: Path,
+                  saved: int | None) -> tuple[int, float]:
+    """Write the averaged weights to ``path`` when their validation error is the lowest yet;
+    the (step, error) of the best."""
+    if best is not None and best[1] <= val["val_mse"]:
+        return best
+    with _writing("the best weights", path, ckpt_path, saved):
+        checkpoint.save_file(path, "model", ema.state_dict(), config.model.to_dict(),
+                             {"step": step, "val_mse": val["val_mse"]})
+    return step, val["val_mse"]
 
 
 def _val_metrics(ema: VAE, config: TrainConfig, fabric: Any) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from clearvae.data.images import ImageFolder, Mode, ValueRange, check_fit
+from clearvae.data.images import ImageFolder, Mode, ValueRange, check_fit, split_key
 from clearvae.data.mnist import (
     TensorImages,
     find_mnist,
@@ -172,3 +172,31 @@ def _synthetic_count(spec: str) -> int:
         raise ConfigError(f"'{spec}': the number of synthetic digits must be a positive "
                           f"integer, as in {SYNTHETIC}:5000")
     return int(count)
+
+
+class Subset(torch.utils.data.Dataset):
+    """The items ``indices`` of ``dataset``, under keys ``index`` or ``(index, seed)``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = split_key(key, len(self))
+        inner = self.indices[index]
+        return self.dataset[inner if seed is None else (inner, seed)]
+
+
+def hold_out(dataset: torch.utils.data.Dataset, share: float,
+             seed: int) -> tuple[Subset, Subset]:
+    """(train, validation): a random ``share`` of the items, at least one, held out; the same
+    split for the same seed, so that a resumed run validates on the same items."""
+    n = len(dataset)
+    held = max(1, round(share * n))
+    if held >= n:
+        raise ConfigError(f"data.val_share {share} holds out {held} of the {n} training "
+                          "images, leaving none to train on: lower it, or add images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 0x5EED)).tolist()
+    return Subset(dataset, sorted(order[held:])), Subset(dataset, sorted(order[:held]))

@@ -185,6 +185,18 @@ def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,
 
     Without synthetic noise a conditional backbone trains on recorrupted pairs (``recorrupt``).
     """
+    x, sigma, target, target_var = training_pair(model, x)
+    out = model(x, sigma, target, target_var)
+    terms = vae_loss(out, objective.beta_at(step), objective.free_bits)
+    metrics = {name: v.item() for name, v in terms._asdict().items()}
+    return terms.loss / out.params[0].numel(), metrics
+
+
+def training_pair(model: DenoisingVAE, x: Tensor) -> tuple[Tensor, Tensor | None,
+                                                           Tensor | None, Tensor | None]:
+    """What one training step feeds the model for a batch of crops: (input, the synthetic
+    noise std per image or None, target or None, the target's noise variance or None), after
+    a random flip / transpose (``denoise_objective``)."""
     x = _dihedral(x, int(torch.randint(8, ())))
     noise, sigma, target, target_var = model.config.noise, None, None, None
     k, c = model.config.context_slices, model.config.image_channels
@@ -208,10 +220,23 @@ def denoise_objective(model: DenoisingVAE, x: Tensor, objective: Config,
     if k:
         target = target[:, k * c : (k + 1) * c]
         target_var = None if target_var is None else target_var[:, k * c : (k + 1) * c]
-    out = model(x, sigma, target, target_var)
-    terms = vae_loss(out, objective.beta_at(step), objective.free_bits)
-    metrics = {name: v.item() for name, v in terms._asdict().items()}
-    return terms.loss / out.params[0].numel(), metrics
+    return x, sigma, target, target_var
+
+
+@torch.no_grad()
+def validation_error(model: DenoisingVAE, x: Tensor) -> Tensor:
+    """Mean squared error of a conditional denoiser's MMSE estimate against the training
+    target, for a batch of held-out crops: the clean crops (synthetic noise), or the
+    recorrupted target. That target's noise is uncorrelated with the input's, so the error
+    is the one against the clean images plus the target's noise variance, which does not
+    depend on the model: the lowest value over a run marks its best weights, found from noisy
+    images alone (early stopping, ``TrainConfig.keep_best``; seed the draws so that every
+    evaluation sees the same pairs)."""
+    if not model.config.conditional:
+        raise ConfigError("a validation error needs a conditional denoiser (backbone kind "
+                          "'conditional'): the others score their noisy input itself")
+    x, _, target, _ = training_pair(model, x)
+    return (model.backbone.mean(x) - target).square().mean()
 
 
 SINGLE_SHARE = 0.1  # 2.5-D training: real stacks fed as a single image, without neighbours
