@@ -277,6 +277,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
         info["val_images"] = len(val_set)
     best = _best_so_far(out / BEST_NAME) if resume else None  # (step, error) or None
     validates = bool(d.val and is_vae or val_set is not None)
+    val_at: tuple[int, dict[str, float]] | None = None  # the latest evaluation: (step, metrics)
 
     saved = start if resume else None  # the step of the checkpoint on disk (None: none yet)
     with _writing("the training log in", out, ckpt_path, saved):
@@ -312,6 +313,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
                     _show(fabric, bar, metrics, done, config.max_steps)
                 if config.eval_every and done % config.eval_every == 0 and validates:
                     val = _validate(ema, config, fabric, val_set)
+                    val_at = done, val
                     with _writing("the metrics", logger.path, ckpt_path, saved):
                         logger.log(done, val)
                     if config.keep_best and fabric.global_rank == 0:
@@ -340,8 +342,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
 
     info["steps"] = last
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
-    if validates:
-        info["val"] = _validate(ema, config, fabric, val_set)
+    if validates:  # the last step's evaluation, unless the loop has just made it
+        fresh = val_at is None or val_at[0] != last
+        info["val"] = _validate(ema, config, fabric, val_set) if fresh else val_at[1]
     model_path = out / MODEL_NAME
     if config.keep_best and fabric.global_rank == 0:
         best = _keep_if_best(out / BEST_NAME, config, ema, last, info["val"], best, ckpt_path,
